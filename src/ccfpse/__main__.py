@@ -1,0 +1,4 @@
+from ccfpse.cli import main
+import sys
+
+sys.exit(main())

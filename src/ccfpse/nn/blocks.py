@@ -1,0 +1,128 @@
+"""Building blocks of CC-FPSE: normalised conv units, SPADE, and the conditional convolution block."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.parametrizations import spectral_norm
+from torch.utils.checkpoint import checkpoint
+
+from ccfpse.ops import cond_depthwise_conv2d
+
+LRELU_SLOPE = 0.2
+
+
+class ConvUnit(nn.Module):
+    """Spectral-norm conv (no bias) -> BatchNorm or InstanceNorm -> optional leaky ReLU.
+
+    The unit every pyramid, discriminator and encoder stage of the release is made of.
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        norm: str = "batch",
+        activation: bool = True,
+    ) -> None:
+        super().__init__()
+        conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding=kernel_size // 2, bias=False)
+        self.conv = spectral_norm(conv)
+        if norm == "batch":
+            self.norm: nn.Module = nn.BatchNorm2d(out_ch, affine=True)
+        elif norm == "instance":
+            self.norm = nn.InstanceNorm2d(out_ch, affine=False)
+        else:
+            raise ValueError(f"norm must be 'batch' or 'instance', got {norm!r}")
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.conv(x))
+        return F.leaky_relu(x, LRELU_SLOPE) if self.activation else x
+
+
+class SPADE(nn.Module):
+    """Spatially-adaptive denormalisation: parameter-free BatchNorm, then a per-pixel affine
+    transform predicted from the conditioning map."""
+
+    def __init__(self, norm_nc: int, cond_nc: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.param_free_norm = nn.BatchNorm2d(norm_nc, affine=False)
+        self.shared = nn.Conv2d(cond_nc, hidden, 3, padding=1)
+        self.gamma = nn.Conv2d(hidden, norm_nc, 3, padding=1)
+        self.beta = nn.Conv2d(hidden, norm_nc, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        actv = F.relu(self.shared(cond))
+        return self.param_free_norm(x) * (1 + self.gamma(actv)) + self.beta(actv)
+
+
+class CondConvBlock(nn.Module):
+    """The conditional block of CC-FPSE (fin -> fout).
+
+    Per-pixel depthwise kernels and channel gates are predicted from the conditioning map. The
+    four predictors' first layers read the same input, so they run as one convolution with
+    4 * hidden outputs (the official checkpoint's four convs are concatenated on import).
+    """
+
+    def __init__(self, fin: int, fout: int, cond_nc: int, hidden: int = 128) -> None:
+        super().__init__()
+        fmiddle = min(fin, fout)
+        self.fin, self.fout, self.fmiddle, self.hidden = fin, fout, fmiddle, hidden
+        # Predictors, in order: kernels of conv 1, kernels of conv 2, gate 1, gate 2.
+        self.predictor_in = nn.Conv2d(cond_nc, 4 * hidden, 3, padding=1)
+        self.kernels_1 = nn.Conv2d(hidden, fin * 9, 3, padding=1)
+        self.kernels_2 = nn.Conv2d(hidden, fout * 9, 3, padding=1)
+        self.gate_1 = nn.Conv2d(hidden, fmiddle, 3, padding=1)
+        self.gate_2 = nn.Conv2d(hidden, fout, 3, padding=1)
+
+        self.norm_1 = nn.BatchNorm2d(fin)
+        self.conv_1 = nn.Conv2d(fin, fmiddle, 1)
+        self.norm_2 = nn.BatchNorm2d(fmiddle)
+        self.conv_3 = nn.Conv2d(fmiddle, fout, 1)
+        self.learned_shortcut = fin != fout
+        if self.learned_shortcut:
+            self.norm_s = SPADE(fin, cond_nc, hidden)
+            self.conv_s = spectral_norm(nn.Conv2d(fin, fout, 1, bias=False))
+        # Recompute the per-pixel kernels in backward instead of keeping them (large crops).
+        self.checkpoint_kernels = False
+
+    def _kernel_conv(self, predictor: nn.Conv2d, x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        return cond_depthwise_conv2d(x, predictor(hidden))
+
+    def _apply_kernels(self, predictor: nn.Conv2d, x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        if self.checkpoint_kernels and torch.is_grad_enabled():
+            # The (fin*9)-channel kernel maps dominate memory; recompute them in backward.
+            return checkpoint(self._kernel_conv, predictor, x, hidden, use_reentrant=False)
+        return self._kernel_conv(predictor, x, hidden)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        shortcut = self.conv_s(self.norm_s(x, cond)) if self.learned_shortcut else x
+        h_kernels_1, h_kernels_2, h_gate_1, h_gate_2 = F.relu(self.predictor_in(cond)).chunk(4, dim=1)
+        dx = self._apply_kernels(self.kernels_1, self.norm_1(x), h_kernels_1)
+        dx = F.leaky_relu(self.conv_1(dx) * torch.sigmoid(self.gate_1(h_gate_1)), LRELU_SLOPE)
+        dx = self._apply_kernels(self.kernels_2, self.norm_2(dx), h_kernels_2)
+        dx = F.leaky_relu(self.conv_3(dx) * torch.sigmoid(self.gate_2(h_gate_2)), LRELU_SLOPE)
+        return shortcut + dx
+
+
+def init_weights(module: nn.Module, gain: float = 0.02) -> None:
+    """The release's initialisation: xavier-normal(gain) for conv/linear weights, zero biases,
+    BatchNorm weights ~ N(1, gain)."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if m.weight is not None:
+                nn.init.normal_(m.weight, 1.0, gain)
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.Conv2d, nn.Linear)):
+            weight = (
+                m.parametrizations.weight.original
+                if hasattr(m, "parametrizations") and hasattr(m.parametrizations, "weight")
+                else m.weight
+            )
+            nn.init.xavier_normal_(weight, gain=gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

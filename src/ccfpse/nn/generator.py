@@ -1,0 +1,119 @@
+"""The CC-FPSE generator: a label feature pyramid predicts per-pixel conv kernels for seven
+conditional blocks that turn a latent (or a downsampled label map) into an image."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ccfpse.config import ModelConfig, latent_grid
+from ccfpse.nn.blocks import LRELU_SLOPE, CondConvBlock, ConvUnit, init_weights
+
+# Channel multipliers of ngf for the seven blocks' inputs and outputs:
+# head_0, G_middle_0, G_middle_1, up_0, up_1, up_2, up_3.
+BLOCK_CHANNELS = (16, 16, 16, 16, 8, 4, 2, 1)
+BLOCK_NAMES = ("head_0", "G_middle_0", "G_middle_1", "up_0", "up_1", "up_2", "up_3")
+# For each block: the pyramid level (0 = coarsest) it is conditioned on and whether x is
+# upsampled 2x before it. "normal" runs both middle blocks at 1/16; "more" upsamples before each.
+BLOCK_SCHEDULE = {
+    "normal": ((0, False), (1, True), (1, False), (2, True), (3, True), (4, True), (5, True)),
+    "more": ((0, False), (1, True), (2, True), (3, True), (4, True), (5, True), (6, True)),
+}
+
+
+def upsample2x(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2, mode="nearest")
+
+
+class LabelPyramid(nn.Module):
+    """Weight-prediction network: a bottom-up encoder of the label map and a top-down path with
+    lateral connections (an FPN). Returns features coarse to fine, one per resolution."""
+
+    def __init__(self, semantic_nc: int, nf: int, num_levels: int) -> None:
+        super().__init__()
+        self.down = nn.ModuleList(
+            [ConvUnit(semantic_nc, nf, 3, stride=1)]
+            + [ConvUnit(nf, nf, 3, stride=2) for _ in range(num_levels - 1)]
+        )
+        self.lateral = nn.ModuleList([ConvUnit(nf, nf, 1) for _ in range(num_levels - 1)])
+        self.decode = nn.ModuleList([ConvUnit(nf, nf, 3) for _ in range(num_levels - 1)])
+
+    def forward(self, semantics: torch.Tensor) -> list[torch.Tensor]:
+        bottom_up = []
+        h = semantics
+        for layer in self.down:
+            h = layer(h)
+            bottom_up.append(h)
+        top_down = [bottom_up[-1]]
+        for lateral, decode, skip in zip(self.lateral, self.decode, reversed(bottom_up[:-1])):
+            top_down.append(decode(upsample2x(top_down[-1]) + lateral(skip)))
+        return top_down
+
+
+class CCFPSEGenerator(nn.Module):
+    def __init__(
+        self,
+        semantic_nc: int,
+        ngf: int = 64,
+        crop_size: int = 256,
+        aspect_ratio: float = 1.0,
+        use_vae: bool = True,
+        z_dim: int = 256,
+        num_upsampling_layers: str = "normal",
+        predictor_hidden: int = 128,
+    ) -> None:
+        super().__init__()
+        self.semantic_nc, self.ngf, self.use_vae, self.z_dim = semantic_nc, ngf, use_vae, z_dim
+        self.latent_size = latent_grid(crop_size, aspect_ratio, num_upsampling_layers)
+        sh, sw = self.latent_size
+        if use_vae:
+            self.fc: nn.Module = nn.Linear(z_dim, BLOCK_CHANNELS[0] * ngf * sh * sw)
+        else:
+            self.fc = nn.Conv2d(semantic_nc, BLOCK_CHANNELS[0] * ngf, 3, padding=1)
+        self.schedule = BLOCK_SCHEDULE[num_upsampling_layers]
+        self.pyramid = LabelPyramid(semantic_nc, ngf, num_levels=1 + max(level for level, _ in self.schedule))
+        self.blocks = nn.ModuleList(
+            CondConvBlock(cin * ngf, cout * ngf, semantic_nc + ngf, predictor_hidden)
+            for cin, cout in zip(BLOCK_CHANNELS[:-1], BLOCK_CHANNELS[1:])
+        )
+        self.conv_img = nn.Conv2d(ngf, 3, 3, padding=1)
+        init_weights(self)
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> "CCFPSEGenerator":
+        return cls(
+            cfg.semantic_nc, cfg.ngf, cfg.crop_size, cfg.aspect_ratio, cfg.use_vae, cfg.z_dim,
+            cfg.num_upsampling_layers, cfg.predictor_hidden,
+        )
+
+    def set_checkpointing(self, enabled: bool) -> None:
+        """Recompute the per-pixel kernels in backward (saves most activation memory)."""
+        for block in self.blocks:
+            block.checkpoint_kernels = enabled
+
+    def forward(self, semantics: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """semantics: (N, semantic_nc, H, W) one-hot [+ instance edges]; z: (N, z_dim) or None."""
+        if semantics.dim() != 4 or semantics.shape[1] != self.semantic_nc:
+            raise ValueError(
+                f"generator expects semantics of shape (N, {self.semantic_nc}, H, W), "
+                f"got {tuple(semantics.shape)}"
+            )
+        sh, sw = self.latent_size
+        if self.use_vae:
+            if z is None:
+                z = torch.randn(semantics.shape[0], self.z_dim, device=semantics.device)
+            x = self.fc(z.to(semantics.dtype)).view(-1, BLOCK_CHANNELS[0] * self.ngf, sh, sw)
+        else:
+            x = self.fc(F.interpolate(semantics, size=(sh, sw), mode="nearest"))
+
+        pyramid = self.pyramid(semantics)
+        labels = {tuple(semantics.shape[2:]): semantics}  # the label map at each block's size
+        for block, (level, upsample) in zip(self.blocks, self.schedule):
+            if upsample:
+                x = upsample2x(x)
+            size = tuple(x.shape[2:])
+            if size not in labels:
+                labels[size] = F.interpolate(semantics, size=size, mode="nearest")
+            x = block(x, torch.cat([labels[size], pyramid[level]], dim=1))
+        return torch.tanh(self.conv_img(F.leaky_relu(x, LRELU_SLOPE)))

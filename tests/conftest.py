@@ -1,0 +1,27 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+SPEC_DIR = SHARED / "spec"
+FIXTURES = SHARED / "fixtures"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def coco_fixture_root() -> Path:
+    root = FIXTURES / "coco_stuff"
+    if not root.is_dir():
+        pytest.skip(f"real COCO-Stuff fixtures not found at {root}")
+    return root
+
+
+@pytest.fixture
+def spec_dir() -> Path:
+    if not SPEC_DIR.is_dir():
+        pytest.skip(f"official state-dict listings not found at {SPEC_DIR}")
+    return SPEC_DIR

@@ -1,0 +1,137 @@
+"""Shapes, devices and gradient flow of the generator, discriminator and encoder."""
+
+import copy
+
+import pytest
+import torch
+
+from ccfpse.config import ConfigError, apply_overrides, preset
+from ccfpse.data.semantics import make_semantics
+from ccfpse.nn import CCFPSEGenerator, ConvEncoder, FPSEDiscriminator, build_networks
+
+
+def tiny(name: str, **overrides):
+    sets = {"model.ngf": 4, "model.ndf": 4, "model.predictor_hidden": 8, "model.z_dim": 16,
+            "model.crop_size": 128 if name == "cityscapes" else 64}
+    sets.update(overrides)
+    return apply_overrides(preset(name), [f"{k}={v}" for k, v in sets.items()]).model
+
+
+def random_semantics(cfg, n=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h, w = cfg.image_size
+    label = torch.randint(0, cfg.num_label_channels, (n, h, w), generator=g)
+    instance = torch.randint(0, 3, (n, h, w), generator=g) if cfg.use_instance else None
+    return make_semantics(label, cfg.num_label_channels, instance)
+
+
+@pytest.mark.parametrize("name", ["ade20k", "coco_stuff", "cityscapes"])
+@pytest.mark.parametrize("mode", ["normal", "more"])
+def test_shapes_all_presets_and_modes(name, mode):
+    cfg = tiny(name, **{"model.num_upsampling_layers": mode})
+    G, D, E = build_networks(cfg)
+    seg = random_semantics(cfg)
+    assert seg.shape[1] == cfg.semantic_nc
+    h, w = cfg.image_size
+    img = G(seg)
+    assert img.shape == (2, 3, h, w)
+    assert img.abs().max() <= 1
+    features, predictions = D(img, seg)
+    assert [f.shape[1] for f in features] == [8, 16, 32, 32]
+    assert [p.shape[2:] for p in predictions] == [(h // 4, w // 4), (h // 8, w // 8), (h // 16, w // 16)]
+    assert all(p.shape[1] == 1 for p in predictions)
+    mu, logvar = E(img)
+    assert mu.shape == logvar.shape == (2, cfg.z_dim)
+
+
+def test_semantic_nc_is_derived():
+    assert preset("ade20k").model.semantic_nc == 151
+    assert preset("coco_stuff").model.semantic_nc == 184
+    assert preset("cityscapes").model.semantic_nc == 36
+    assert preset("cityscapes").model.latent_size == (4, 8)
+
+
+def test_bad_crop_size_is_a_config_error():
+    with pytest.raises(ConfigError, match="crop_size=100"):
+        tiny("ade20k", **{"model.crop_size": 100})
+
+
+def test_generator_without_vae_is_deterministic_and_needs_no_z():
+    cfg = tiny("ade20k", **{"model.use_vae": False})
+    G = CCFPSEGenerator.from_config(cfg).eval()
+    seg = random_semantics(cfg)
+    with torch.no_grad():
+        assert torch.equal(G(seg), G(seg))
+
+
+def test_generator_with_vae_samples_z_on_the_input_device_and_uses_it():
+    cfg = tiny("coco_stuff")
+    G = CCFPSEGenerator.from_config(cfg).eval()
+    seg = random_semantics(cfg)
+    z = torch.randn(2, cfg.z_dim)
+    with torch.no_grad():
+        a, b = G(seg), G(seg)  # z sampled on the CPU, the device of seg
+        assert not torch.equal(a, b)
+        assert torch.equal(G(seg, z=z), G(seg, z=z))
+
+
+def test_generator_rejects_wrong_channel_count():
+    cfg = tiny("ade20k")
+    G = CCFPSEGenerator.from_config(cfg)
+    with pytest.raises(ValueError, match=r"\(N, 151, H, W\)"):
+        G(torch.zeros(1, 150, 64, 64))
+
+
+def test_encoder_works_below_256():
+    E = ConvEncoder(ngf=4, z_dim=8)
+    for size in (32, 64, 256):
+        mu, logvar = E(torch.randn(1, 3, size, size))
+        assert mu.shape == (1, 8)
+
+
+def _assert_all_params_have_grad(module, what):
+    missing = [n for n, p in module.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, f"{what}: parameters without gradient: {missing[:5]}"
+
+
+@pytest.mark.parametrize("use_vae", [True, False])
+def test_gradients_reach_every_parameter(use_vae):
+    cfg = tiny("coco_stuff", **{"model.use_vae": use_vae})
+    G, D, E = build_networks(cfg)
+    seg = random_semantics(cfg)
+    real = torch.rand(2, 3, *cfg.image_size) * 2 - 1
+    z = None
+    if use_vae:
+        mu, logvar = E(real)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+    fake = G(seg, z=z)
+    features, predictions = D(fake, seg)
+    loss = sum(p.mean() for p in predictions) + sum(f.mean() for f in features)
+    loss.backward()
+    _assert_all_params_have_grad(G, "G")
+    _assert_all_params_have_grad(D, "D")
+    if use_vae:
+        _assert_all_params_have_grad(E, "E")
+
+
+def test_kernel_checkpointing_gives_identical_gradients():
+    cfg = tiny("ade20k", **{"model.use_vae": False})
+    torch.manual_seed(0)
+    G0 = CCFPSEGenerator.from_config(cfg)
+    seg = random_semantics(cfg)
+    grads = []
+    for enabled in (False, True):
+        G = copy.deepcopy(G0)  # spectral norm's power iteration changes u, v at every forward
+        G.set_checkpointing(enabled)
+        G(seg).square().mean().backward()
+        grads.append({n: p.grad.clone() for n, p in G.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)
+
+
+def test_networks_follow_the_input_device_and_dtype():
+    cfg = tiny("ade20k")
+    G = CCFPSEGenerator.from_config(cfg).double().eval()
+    seg = random_semantics(cfg).double()
+    out = G(seg, z=torch.randn(2, cfg.z_dim, dtype=torch.float64))
+    assert out.dtype == torch.float64 and out.device == seg.device
