@@ -9,7 +9,8 @@ SHARED = ROOT.parent / "shared"
 SPEC_DIR = SHARED / "spec"
 FIXTURES = SHARED / "fixtures"
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One thread: the test models are tiny, and on a shared machine more threads only contend.
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -118,11 +118,15 @@ def init_weights(module: nn.Module, gain: float = 0.02) -> None:
                 nn.init.normal_(m.weight, 1.0, gain)
                 nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.Conv2d, nn.Linear)):
-            weight = (
-                m.parametrizations.weight.original
-                if hasattr(m, "parametrizations") and hasattr(m.parametrizations, "weight")
-                else m.weight
-            )
-            nn.init.xavier_normal_(weight, gain=gain)
+            spectral = getattr(getattr(m, "parametrizations", None), "weight", None)
+            if spectral is None:
+                nn.init.xavier_normal_(m.weight, gain=gain)
+            else:
+                nn.init.xavier_normal_(spectral.original, gain=gain)
+                # u, v were estimated for the weights before re-initialisation; without a fresh
+                # estimate an untrained model in eval mode divides by a meaningless sigma.
+                with torch.no_grad():
+                    sn = spectral[0]
+                    sn._power_method(sn._reshape_weight_to_matrix(spectral.original), 15)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
