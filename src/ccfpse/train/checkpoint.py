@@ -1,0 +1,88 @@
+"""Training checkpoints that survive kill -9: written to a temp file, fsynced, then renamed.
+
+A checkpoint holds everything needed to continue bit-exactly: G, D, E, the EMA generator, both
+optimizers, the grad scaler, step/epoch/position in the epoch, and the RNG states.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ccfpse.model_io import TRAIN_FORMAT, latest_checkpoint, read_training_checkpoint
+
+__all__ = [
+    "TRAIN_FORMAT", "atomic_save", "save_checkpoint", "latest_checkpoint", "read_training_checkpoint",
+    "prune_checkpoints", "rng_state", "set_rng_state",
+]
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to ``path`` so that a reader never sees a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step_{step:09d}.pt"
+
+
+def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any]) -> Path:
+    path = checkpoint_path(run_dir, step)
+    atomic_save({"format": TRAIN_FORMAT, "step": step, **state}, path)
+    return path
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` step checkpoints (``best.pt`` is never touched)."""
+    ckpts = sorted(Path(run_dir, "checkpoints").glob("step_*.pt"))
+    for old in ckpts[: max(0, len(ckpts) - keep_last)]:
+        old.unlink(missing_ok=True)
+    for tmp in Path(run_dir, "checkpoints").glob(".step_*.tmp"):  # left by a save killed half-way
+        tmp.unlink(missing_ok=True)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the training step draws from, as tensors and plain Python data."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,209 @@
+"""The trainer: learning on real data, exact resume (also after kill -9), DDP equivalence,
+bf16, the NaN guard, and the out-of-the-box command."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ccfpse.config import apply_overrides, preset
+from ccfpse.data.datasets import build_dataset
+from ccfpse.data.semantics import make_semantics
+from ccfpse.model_io import load_for_inference, read_training_checkpoint
+from ccfpse.nn import build_networks, reparameterize
+from ccfpse.train import loop
+from ccfpse.train.loop import TrainingDiverged, learning_rates, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = ["model.ngf=4", "model.ndf=4", "model.crop_size=64", "model.predictor_hidden=8", "model.z_dim=8",
+        "data.load_size=72", "data.num_workers=0", "train.batch_size=2", "train.no_vgg_loss=true",
+        "train.log_every=1", "train.deterministic=true"]
+
+
+def coco_cfg(root, *sets):
+    return apply_overrides(preset("coco_stuff"), TINY + [f"data.dataroot={root}", *sets])
+
+
+def test_learning_rate_schedule_is_the_releases():
+    cfg = apply_overrides(preset("ade20k"), ["train.niter=2", "train.niter_decay=4"])
+    lrs = [learning_rates(cfg, e)[0] for e in range(6)]
+    assert lrs[:3] == [1e-4, 1e-4, 1e-4]  # constant for niter epochs (+ the release's one-epoch lag)
+    assert lrs[3] == pytest.approx(1e-4 * 3 / 4) and lrs[5] == pytest.approx(1e-4 / 4)
+    assert learning_rates(cfg, 0)[1] == 4e-4  # TTUR
+
+
+def test_a_few_steps_decrease_a_reconstruction_loss_on_real_data(coco_fixture_root):
+    cfg = coco_cfg(coco_fixture_root)
+    data = build_dataset(cfg, "train", train=False)
+    batch = [data[i] for i in range(4)]
+    semantics = make_semantics(torch.stack([b["label"] for b in batch]), cfg.model.num_label_channels,
+                               torch.stack([b["instance"] for b in batch]))
+    real = torch.stack([b["image"] for b in batch])
+    torch.manual_seed(0)
+    G, _, E = build_networks(cfg.model, with_discriminator=False)
+    opt = torch.optim.Adam(list(G.parameters()) + list(E.parameters()), lr=2e-3)
+    losses = []
+    for _ in range(8):
+        mu, logvar = E(real)
+        fake = G(semantics, z=reparameterize(mu, logvar))
+        loss = (fake - real).abs().mean()
+        opt.zero_grad()
+        (loss + 1e-4 * (-0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()))).backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def _states(path):
+    state = read_training_checkpoint(path)
+    return state["nets"], state["optim"]
+
+
+def _assert_same_state(a, b):
+    nets_a, optim_a = a
+    nets_b, optim_b = b
+    for net in nets_a:
+        if nets_a[net] is None:
+            assert nets_b[net] is None
+            continue
+        for k, v in nets_a[net].items():
+            assert torch.equal(v, nets_b[net][k]), f"{net}.{k}"
+    for opt in optim_a:
+        for pid, s in optim_a[opt]["state"].items():
+            for k, v in s.items():
+                assert torch.equal(torch.as_tensor(v), torch.as_tensor(optim_b[opt]["state"][pid][k])), f"{opt}.{pid}.{k}"
+
+
+def test_stop_and_resume_gives_the_same_weights(coco_fixture_root, tmp_path):
+    """k steps, stop, resume for n-k steps == n uninterrupted steps (VAE, EMA, random crops)."""
+    sets = ["train.save_every=2", "train.niter=1", "train.niter_decay=1"]  # 6 steps/epoch: crosses an epoch
+    full = train(coco_cfg(coco_fixture_root, *sets, "train.max_steps=8"), tmp_path / "full", progress=False)
+    part = train(coco_cfg(coco_fixture_root, *sets, "train.max_steps=3"), tmp_path / "split", progress=False)
+    assert part.step == 3 and part.last_checkpoint.name == "step_000000003.pt"
+    rest = train(coco_cfg(coco_fixture_root, *sets, "train.max_steps=8"), tmp_path / "split", progress=False)
+    assert rest.step == 8
+    _assert_same_state(_states(full.last_checkpoint), _states(rest.last_checkpoint))
+    log = [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "G_gan" in r] == list(range(1, 9))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli_train(run_dir, root, *extra):
+    return [sys.executable, "-m", "ccfpse", "train", "--preset", "coco_stuff", "--dataroot", str(root),
+            "--out", str(run_dir), "--no-progress", *sum((["--set", s] for s in TINY), []),
+            "--set", "data.num_workers=1", *extra]
+
+
+def test_kill_dash_nine_then_resume_matches_an_uninterrupted_run(coco_fixture_root, tmp_path):
+    args = ["--max-steps", "6", "--save-every", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run(_cli_train(tmp_path / "full", coco_fixture_root, *args), check=True, env=env,
+                   capture_output=True, timeout=600)
+    proc = subprocess.Popen(_cli_train(tmp_path / "killed", coco_fixture_root, *args), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(ckpts.glob("step_000000003.pt")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run(_cli_train(tmp_path / "killed", coco_fixture_root, *args), env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "resuming from" in done.stdout
+    _assert_same_state(_states(tmp_path / "full" / "checkpoints" / "step_000000006.pt"),
+                       _states(tmp_path / "killed" / "checkpoints" / "step_000000006.pt"))
+
+
+def _ddp_worker(rank, world, port, root, run_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    cfg = coco_cfg(root, "model.use_vae=false", "train.batch_size=1", "train.max_steps=1", "train.use_ema=false", "train.lr=1e-6",
+                   "data.no_flip=true", "data.preprocess_mode=fixed", "data.load_size=64")
+    train(cfg, run_dir, device="cpu", progress=False)
+
+
+def test_ddp_step_equals_single_process_step_on_the_concatenated_batch(coco_fixture_root, tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(coco_fixture_root), str(tmp_path / "ddp")), nprocs=2)
+    single = coco_cfg(coco_fixture_root, "model.use_vae=false", "train.batch_size=2", "train.max_steps=1", "train.lr=1e-6",
+                      "train.use_ema=false", "data.no_flip=true", "data.preprocess_mode=fixed", "data.load_size=64")
+    train(single, tmp_path / "single", progress=False)
+    ddp_nets, ddp_optim = _states(tmp_path / "ddp" / "checkpoints" / "step_000000001.pt")
+    one_nets, one_optim = _states(tmp_path / "single" / "checkpoints" / "step_000000001.pt")
+    # Adam with beta1 = 0 keeps the (synchronised) gradient itself as exp_avg. Gradients that are
+    # zero in exact arithmetic (biases followed by BatchNorm) hold only rounding noise, so errors
+    # are measured against each network's largest gradient.
+    for opt in ("G", "D"):
+        scale = max(s["exp_avg"].abs().max() for s in one_optim[opt]["state"].values())
+        for pid, state in one_optim[opt]["state"].items():
+            g_one, g_ddp = state["exp_avg"], ddp_optim[opt]["state"][pid]["exp_avg"]
+            torch.testing.assert_close(g_ddp / scale, g_one / scale, rtol=1e-3, atol=1e-5, msg=f"{opt} grad {pid}")
+    # Adam's first update is about lr * sign(grad); a tiny lr keeps sign flips of those noise
+    # gradients from showing in the weights and the BatchNorm statistics (over the global batch).
+    for net in ("G", "D"):
+        for k, v in one_nets[net].items():
+            torch.testing.assert_close(ddp_nets[net][k], v, rtol=1e-4, atol=1e-5, msg=f"{net}.{k}")
+    # only rank 0 wrote: one log line per step, one checkpoint
+    assert len((tmp_path / "ddp" / "log.jsonl").read_text().splitlines()) == 1
+    assert len(list((tmp_path / "ddp" / "checkpoints").iterdir())) == 1
+
+
+def test_bf16_step_runs_on_cpu(coco_fixture_root, tmp_path):
+    result = train(coco_cfg(coco_fixture_root, "train.precision=bf16", "train.max_steps=1"), tmp_path / "bf16",
+                   progress=False)
+    record = json.loads((tmp_path / "bf16" / "log.jsonl").read_text().splitlines()[-1])
+    assert result.step == 1 and all(torch.isfinite(torch.tensor(v)) for k, v in record.items() if k[0].isupper())
+
+
+def test_a_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(
+        coco_fixture_root, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_loss = loop.g_hinge_loss
+
+    def poisoned(preds):
+        calls["n"] += 1
+        loss = real_loss(preds)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(loop, "g_hinge_loss", poisoned)
+    cfg = coco_cfg(coco_fixture_root, "train.save_every=2", "train.max_steps=6")
+    with pytest.raises(TrainingDiverged, match=r"non-finite loss at step 3 .*step_000000002\.pt"):
+        train(cfg, tmp_path / "nan", progress=False)
+    ckpts = sorted((tmp_path / "nan" / "checkpoints").glob("*"))
+    assert [c.name for c in ckpts] == ["step_000000002.pt"]
+    assert read_training_checkpoint(ckpts[0])["step"] == 2
+
+
+def test_out_of_the_box_command_trains_on_builtin_data(tmp_path):
+    env = dict(os.environ, CCFPSE_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="2")
+    run_dir = tmp_path / "run"
+    out = subprocess.run(
+        [sys.executable, "-m", "ccfpse", "train", "--max-steps", "3", "--out", str(run_dir), "--no-progress",
+         "--set", "data.landscapes_num=24", "--set", "data.landscapes_size=64", "--set", "train.batch_size=2"],
+        env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "built-in 'landscapes'" in out.stdout
+    assert (run_dir / "checkpoints" / "step_000000003.pt").is_file()
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    html = (run_dir / "gallery" / "index.html").read_text()
+    assert "step_000000003/0.png" in html
+    assert json.loads((run_dir / "log.jsonl").read_text().splitlines()[-1])["step"] == 3
+    cfg, G, E = load_for_inference(run_dir)
+    assert cfg.preset == "landscapes" and E is not None
