@@ -11,12 +11,12 @@ import argparse
 import importlib
 import sys
 
-# (module, attribute) of each sub-command's ``register`` function, in help order.
+# Modules with a ``register(subparsers)`` function, in help order.
 COMMANDS = (
     "ccfpse.train.cli",
     "ccfpse.synthesize",
-    "ccfpse.metrics.cli",
-    "ccfpse.segmenter_training",
+    "ccfpse.evaluate",
+    "ccfpse.train_segmenter",
     "ccfpse.data.cli",
     "ccfpse.compat",
 )
@@ -32,13 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ccfpse {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMANDS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name == module_name:  # that part of the package is not installed
-                continue
-            raise
-        module.register(subparsers)
+        importlib.import_module(module_name).register(subparsers)
     return parser
 
 

@@ -145,6 +145,7 @@ class TrainConfig:
     eval_num_images: int = 64
     inception_weights: str | None = None
     segmenter: str | None = None
+    segmenter_weights: str | None = None
 
 
 @dataclass

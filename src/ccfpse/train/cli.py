@@ -31,6 +31,7 @@ FIELD_FLAGS = (
     ("--eval-every", "train.eval_every", int, "compute FID (and mIoU) every N steps; keeps best.pt"),
     ("--inception-weights", "train.inception_weights", str, "pytorch-fid Inception weights for --eval-every"),
     ("--segmenter", "train.segmenter", str, "segmenter for mIoU during --eval-every (see ccfpse evaluate)"),
+    ("--segmenter-weights", "train.segmenter_weights", str, "weight file of --segmenter"),
 )
 SWITCH_FLAGS = (
     ("--contain-dontcare-label", "model.contain_dontcare_label", True, "labels have a dontcare class"),
@@ -117,7 +118,8 @@ def resolve_config(args: argparse.Namespace) -> tuple[Config, bool]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ccfpse.train.loop import pick_device, train
+    from ccfpse.devices import pick_device
+    from ccfpse.train.loop import train
 
     cfg, label_nc_given = resolve_config(args)
     builtin = cfg.preset == "landscapes" and not cfg.data.dataroot and not cfg.data.label_dir

@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 from ccfpse.config import Config, ConfigError
+from ccfpse.devices import pick_device
 from ccfpse.data.semantics import make_semantics
 from ccfpse.errors import CCFPSEError, CheckpointError
 from ccfpse.nn import build_networks, reparameterize
@@ -57,16 +58,6 @@ class GeneratorWithEncoder(nn.Module):
             mu, logvar = self.E(real)
             z = reparameterize(mu, logvar)
         return self.G(semantics, z), mu, logvar
-
-
-def pick_device(name: str | None = None) -> torch.device:
-    if name and name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def learning_rates(cfg: Config, epoch: int) -> tuple[float, float]:
@@ -210,6 +201,18 @@ def train(cfg: Config, run_dir: str | Path, device: str | None = None, progress:
     if t.compile:
         generator, D = torch.compile(generator), torch.compile(D)
 
+    # Evaluation during training: metric networks load now, so missing weights fail at once.
+    evaluator = eval_set = None
+    if t.eval_every and dist_info.is_main:
+        from ccfpse.evaluate import Evaluator
+
+        evaluator = Evaluator.build(device_, t.inception_weights, True, t.segmenter, t.segmenter_weights)
+        try:
+            eval_set = build_dataset(cfg, "val", train=False)
+        except CCFPSEError:
+            eval_set = build_dataset(cfg, "train", train=False)
+    best_fid = float("inf")
+
     batches_per_epoch = sampler.batches_per_epoch
     total_steps = (t.niter + t.niter_decay) * batches_per_epoch
     if t.max_steps is not None:
@@ -309,10 +312,26 @@ def train(cfg: Config, run_dir: str | Path, device: str | None = None, progress:
 
                 reporter.step(step, {k: float(v.detach()) for k, v in losses.items()}, lr_g, lr_d,
                               time.perf_counter() - tic)
-                if step % batches_per_epoch == 0 or step == total_steps:
+                if (step % batches_per_epoch == 0 or step == total_steps
+                        or (t.sample_every and step % t.sample_every == 0)):
                     reporter.samples(step, G_ema if G_ema is not None else unwrap(generator).G, E)
                 if (t.save_every and step % t.save_every == 0) or step == total_steps:
                     last_saved = save() or last_saved
+                if t.eval_every and step % t.eval_every == 0:
+                    improved = False
+                    if evaluator is not None:
+                        metrics = evaluate_during_training(
+                            cfg, evaluator, eval_set, G_ema if G_ema is not None else unwrap(generator).G, E, device_)
+                        for key, value in metrics.items():
+                            reporter.scalar(f"eval/{key}", value, step)
+                        improved = metrics["fid"] < best_fid
+                        best_fid = min(best_fid, metrics["fid"])
+                        reporter.message(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+                    if broadcast_flag(improved, dist_info, device_):
+                        state = checkpoint_state()
+                        if dist_info.is_main:
+                            ckpt.atomic_save({"format": ckpt.TRAIN_FORMAT, "step": step, "metrics": metrics, **state},
+                                             run_dir / "checkpoints" / "best.pt")
                 interrupted = broadcast_flag(stop.requested, dist_info, device_)
                 if interrupted:
                     if not (t.save_every and step % t.save_every == 0) and step != total_steps:
@@ -325,6 +344,23 @@ def train(cfg: Config, run_dir: str | Path, device: str | None = None, progress:
     if dist_info.enabled:
         shutdown_distributed()
     return TrainResult(step, step // batches_per_epoch, run_dir, last_saved, interrupted)
+
+
+@torch.no_grad()
+def evaluate_during_training(cfg: Config, evaluator, dataset, G: nn.Module, E: nn.Module | None,
+                             device: torch.device) -> dict[str, float]:
+    """FID (and mIoU) on a fixed validation subset with fixed z; the networks' modes are restored."""
+    from ccfpse.synthesize import Synthesizer
+
+    modes = [(m, m.training) for m in (G, E) if m is not None]
+    try:
+        synth = Synthesizer(cfg, G, E, device)
+        result = evaluator.evaluate(synth, dataset, batch_size=cfg.train.batch_size,
+                                    num_images=cfg.train.eval_num_images, seed=cfg.train.seed)
+    finally:
+        for module, training in modes:
+            module.train(training)
+    return {k: float(v) for k, v in result.items() if k in ("fid", "miou", "accuracy")}
 
 
 def check_finite(loss: torch.Tensor, losses: dict, step: int, last_saved: Path | None, dist_info: DistInfo) -> None:
