@@ -53,7 +53,7 @@ def test_train_segmenter_then_evaluate_all_metrics(setup, tmp_path):
                  "--out", str(seg), "--set", "model.crop_size=64", "--device", "cpu"]) == 0
     out = tmp_path / "res"
     code = main(["evaluate", "-c", str(setup / "model"), "--inception-weights", str(setup / "inception.pth"),
-                 "--segmenter", f"small:{seg}", "--lpips-samples", "2", "--lpips-weights", str(setup / "alexnet.pth"),
+                 "--segmenter", f"small:{seg}", "--lpips-samples", "2", "--lpips-backbone-weights", str(setup / "alexnet.pth"),
                  "--out", str(out), "--device", "cpu", "--batch-size", "3"])
     assert code == 0
     result = json.loads((out / "metrics.json").read_text())

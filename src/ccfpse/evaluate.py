@@ -183,7 +183,7 @@ def register(subparsers) -> None:
     p.add_argument("--segmenter", help=f"segmenter for mIoU: {', '.join(SEGMENTERS)}")
     p.add_argument("--segmenter-weights", help="weight file of the segmenter")
     p.add_argument("--lpips-samples", type=int, default=0, help="K >= 2 samples per layout for LPIPS diversity")
-    p.add_argument("--lpips-weights", help="torchvision AlexNet weights for the LPIPS backbone")
+    p.add_argument("--lpips-backbone-weights", help="torchvision AlexNet weights for the LPIPS backbone")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -214,7 +214,7 @@ def _evaluate_command(args) -> int:
         synth = Synthesizer.from_checkpoint(args.checkpoint, device, use_ema=not args.no_ema)
         dataset = split_dataset(synth.cfg, args.preset, args.dataset_mode, args.dataroot, args.split)
         evaluator = Evaluator.build(device, args.inception_weights, not args.no_fid, args.segmenter,
-                                    args.segmenter_weights, args.lpips_samples, args.lpips_weights)
+                                    args.segmenter_weights, args.lpips_samples, args.lpips_backbone_weights)
         result = evaluator.evaluate(synth, dataset, args.batch_size, args.num_images, args.seed, progress=True)
         result["weights"] = evaluator.weights_used()
         result.update(checkpoint=str(args.checkpoint), split=args.split)

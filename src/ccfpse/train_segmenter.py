@@ -19,7 +19,7 @@ def register(subparsers) -> None:
     p.add_argument("--dataroot", help="data set root (for landscapes: a folder made by make-landscapes)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument("--out", required=True, help="output folder of the segmenter")
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--width", type=int, default=16, help="channels of the U-Net's first stage")
