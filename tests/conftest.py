@@ -1,4 +1,3 @@
-import os
 from pathlib import Path
 
 import pytest
@@ -26,3 +25,19 @@ def spec_dir() -> Path:
     if not SPEC_DIR.is_dir():
         pytest.skip(f"official state-dict listings not found at {SPEC_DIR}")
     return SPEC_DIR
+
+
+@pytest.fixture
+def offline_weights(tmp_path, monkeypatch):
+    """Empty weight caches, and any download fails the way it does without a network."""
+    import urllib.error
+
+    from ccfpse.metrics import weights as weights_mod
+
+    monkeypatch.setenv("CCFPSE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def no_network(url, dest):
+        raise urllib.error.URLError("no network in tests")
+
+    monkeypatch.setattr(weights_mod, "_download", no_network)

@@ -11,7 +11,6 @@ from ccfpse.cli import main
 from ccfpse.config import apply_overrides, preset
 from ccfpse.data import landscapes
 from ccfpse.metrics import fid as fid_mod
-from ccfpse.metrics import weights as weights_mod
 from ccfpse.model_io import save_model_dir
 from ccfpse.nn import build_networks
 from ccfpse.train.loop import train
@@ -20,23 +19,13 @@ TINY = ["model.ngf=4", "model.ndf=4", "model.predictor_hidden=8", "model.z_dim=8
         "data.num_workers=0", "data.load_size=72"]
 
 
-@pytest.fixture(autouse=True)
-def offline(tmp_path, monkeypatch):
-    monkeypatch.setenv("CCFPSE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-
-    def no_network(url, dest):
-        import urllib.error
-
-        raise urllib.error.URLError("no network in tests")
-
-    monkeypatch.setattr(weights_mod, "_download", no_network)
+pytestmark = pytest.mark.usefixtures("offline_weights")
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    data = landscapes.generate(root / "data", num=12, size=64, seed=1, val_fraction=0.5)
+    landscapes.generate(root / "data", num=12, size=64, seed=1, val_fraction=0.5)
     torch.manual_seed(0)
     net, _ = fid_mod._build_fid_inception()
     torch.save(net.state_dict(), root / "inception.pth")

@@ -18,18 +18,7 @@ from ccfpse.metrics.fid import (
 )
 
 
-@pytest.fixture(autouse=True)
-def offline(tmp_path, monkeypatch):
-    """Empty caches, and any download attempt fails the way it does without network."""
-    monkeypatch.setenv("CCFPSE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-
-    def no_network(url, dest):
-        import urllib.error
-
-        raise urllib.error.URLError("no network in tests")
-
-    monkeypatch.setattr(weights_mod, "_download", no_network)
+pytestmark = pytest.mark.usefixtures("offline_weights")
 
 
 def reference_fid(f1: np.ndarray, f2: np.ndarray) -> float:

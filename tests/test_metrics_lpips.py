@@ -1,4 +1,3 @@
-import urllib.error
 
 import pytest
 import torch
@@ -9,15 +8,7 @@ from ccfpse.metrics import weights as weights_mod
 from ccfpse.metrics.lpips import BACKBONES, LPIPSMetric, mean_pairwise_lpips
 
 
-@pytest.fixture(autouse=True)
-def offline(tmp_path, monkeypatch):
-    monkeypatch.setenv("CCFPSE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-
-    def no_network(url, dest):
-        raise urllib.error.URLError("no network in tests")
-
-    monkeypatch.setattr(weights_mod, "_download", no_network)
+pytestmark = pytest.mark.usefixtures("offline_weights")
 
 
 @pytest.fixture(scope="module")

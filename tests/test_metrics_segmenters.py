@@ -1,5 +1,4 @@
 import json
-import urllib.error
 
 import pytest
 import torch
@@ -18,15 +17,7 @@ from ccfpse.metrics.segmenters import (
 )
 
 
-@pytest.fixture(autouse=True)
-def offline(tmp_path, monkeypatch):
-    monkeypatch.setenv("CCFPSE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-
-    def no_network(url, dest):
-        raise urllib.error.URLError("no network in tests")
-
-    monkeypatch.setattr(weights_mod, "_download", no_network)
+pytestmark = pytest.mark.usefixtures("offline_weights")
 
 
 def half(t: torch.Tensor) -> torch.Tensor:

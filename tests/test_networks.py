@@ -7,7 +7,7 @@ import torch
 
 from ccfpse.config import ConfigError, apply_overrides, preset
 from ccfpse.data.semantics import make_semantics
-from ccfpse.nn import CCFPSEGenerator, ConvEncoder, FPSEDiscriminator, build_networks
+from ccfpse.nn import CCFPSEGenerator, ConvEncoder, build_networks
 
 
 def tiny(name: str, **overrides):

@@ -207,3 +207,33 @@ def test_out_of_the_box_command_trains_on_builtin_data(tmp_path):
     assert json.loads((run_dir / "log.jsonl").read_text().splitlines()[-1])["step"] == 3
     cfg, G, E = load_for_inference(run_dir)
     assert cfg.preset == "landscapes" and E is not None
+
+
+def test_sigterm_writes_a_checkpoint_and_stops_cleanly(coco_fixture_root, tmp_path):
+    run_dir = tmp_path / "term"
+    proc = subprocess.Popen(_cli_train(run_dir, coco_fixture_root, "--max-steps", "200", "--save-every", "1000"),
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    log = run_dir / "log.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "stopped by signal" in out
+    ckpts = list((run_dir / "checkpoints").glob("step_*.pt"))
+    assert len(ckpts) == 1
+    step = read_training_checkpoint(ckpts[0])["step"]
+    assert 2 <= step < 200
+    assert not list((run_dir / "checkpoints").glob(".*.tmp"))
+
+
+def test_compile_flag_trains_through_the_compiled_modules(coco_fixture_root, tmp_path, monkeypatch):
+    # The eager backend checks the wiring (wrappers, state dicts, resume) without minutes of codegen.
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: real_compile(module, backend="eager"))
+    result = train(coco_cfg(coco_fixture_root, "train.compile=true", "train.max_steps=1"), tmp_path / "c",
+                   progress=False)
+    nets, _ = _states(result.last_checkpoint)
+    assert not any(k.startswith("_orig_mod") for k in nets["G"])

@@ -36,7 +36,7 @@ from PIL import Image
 from ccfpse.config import Config
 from ccfpse.data.semantics import make_semantics
 from ccfpse.devices import pick_device
-from ccfpse.errors import CCFPSEError, CheckpointError, DataError
+from ccfpse.errors import CheckpointError, DataError
 
 Style = tuple[torch.Tensor, torch.Tensor]
 

@@ -78,7 +78,14 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 
 def unwrap(module: nn.Module) -> nn.Module:
-    return module.module if isinstance(module, DDP) else module
+    """The plain module inside DDP and torch.compile wrappers."""
+    while True:
+        if isinstance(module, DDP):
+            module = module.module
+        elif hasattr(module, "_orig_mod"):  # torch.compile's OptimizedModule
+            module = module._orig_mod
+        else:
+            return module
 
 
 class StopFlag:
