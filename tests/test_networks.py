@@ -135,3 +135,11 @@ def test_networks_follow_the_input_device_and_dtype():
     seg = random_semantics(cfg).double()
     out = G(seg, z=torch.randn(2, cfg.z_dim, dtype=torch.float64))
     assert out.dtype == torch.float64 and out.device == seg.device
+
+
+def test_yaml_presets_match_the_built_in_presets():
+    from ccfpse.config import PRESETS, Config
+    from tests.conftest import ROOT
+
+    for name in PRESETS:
+        assert Config.load(ROOT / "configs" / f"{name}.yaml").to_dict() == preset(name).to_dict(), name

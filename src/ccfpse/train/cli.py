@@ -156,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg, run_dir, device=args.device, progress=not args.no_progress, resume_from=args.resume)
     if result.interrupted:
         return 130
-    print(f"ccfpse train: finished at step {result.step}; checkpoint {result.last_checkpoint}; "
-          f"gallery {run_dir / 'gallery' / 'index.html'}; TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
+    if result.is_main:
+        print(f"ccfpse train: finished at step {result.step}; checkpoint {result.last_checkpoint}; "
+              f"gallery {run_dir / 'gallery' / 'index.html'}; TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
     return 0

@@ -69,6 +69,16 @@ def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def _differentiable_all_reduce(t: torch.Tensor) -> torch.Tensor:
+    import warnings
+
+    from torch.distributed.nn.functional import all_reduce
+
+    with warnings.catch_warnings():  # deprecated, but its suggested successor has no autograd
+        warnings.simplefilter("ignore", FutureWarning)
+        return all_reduce(t)
+
+
 class GlooSyncBatchNorm(nn.BatchNorm2d):
     """BatchNorm whose training statistics cover the global batch of all ranks, for devices
     where ``nn.SyncBatchNorm`` is not supported (the CPU with gloo). All-reduces of per-channel
@@ -78,15 +88,13 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized()):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         c = x.shape[1]
         count = x.new_full((1,), x.numel() / c)
-        sums = all_reduce(torch.cat([x.sum((0, 2, 3)), count]))
+        sums = _differentiable_all_reduce(torch.cat([x.sum((0, 2, 3)), count]))
         total = sums[-1]
         mean = sums[:c] / total
         # Two passes: E[x^2] - E[x]^2 loses precision when the mean dominates (one-hot inputs).
-        var = all_reduce((x - mean[None, :, None, None]).square().sum((0, 2, 3))) / total
+        var = _differentiable_all_reduce((x - mean[None, :, None, None]).square().sum((0, 2, 3))) / total
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1

@@ -43,6 +43,7 @@ class TrainResult:
     run_dir: Path
     last_checkpoint: Path | None
     interrupted: bool = False
+    is_main: bool = True  # rank 0 (the process that reports)
 
 
 class GeneratorWithEncoder(nn.Module):
@@ -203,8 +204,8 @@ def train(cfg: Config, run_dir: str | Path, device: str | None = None, progress:
 
     if dist_info.enabled:
         ids = [device_.index] if device_.type == "cuda" else None
-        generator = DDP(generator, device_ids=ids, broadcast_buffers=False)
-        D = DDP(D, device_ids=ids, broadcast_buffers=False)
+        generator = DDP(generator, device_ids=ids)
+        D = DDP(D, device_ids=ids)
     if t.compile:
         generator, D = torch.compile(generator), torch.compile(D)
 
@@ -350,7 +351,7 @@ def train(cfg: Config, run_dir: str | Path, device: str | None = None, progress:
                     break
     if dist_info.enabled:
         shutdown_distributed()
-    return TrainResult(step, step // batches_per_epoch, run_dir, last_saved, interrupted)
+    return TrainResult(step, step // batches_per_epoch, run_dir, last_saved, interrupted, dist_info.is_main)
 
 
 @torch.no_grad()
