@@ -332,8 +332,27 @@ class OfficialEncoder(nn.Module):
 # Test-checkpoint helpers
 
 
-# He-style gain: keeps activations near unit scale through the leaky-ReLU / ReLU layers.
-_GAIN = 2 ** 0.5
+# Gains that keep activations near unit scale: He-style for the SN conv units (followed by leaky ReLU),
+# plain 1/sqrt(fan_in) elsewhere (larger makes the generator's up blocks grow and its tanh saturate).
+_SN_GAIN = 2 ** 0.5
+_PLAIN_GAIN = 1.0
+# (weight gain, bias std) by module-name suffix. Larger predicted kernels and gates spread well around
+# 0.5, else the generator's residual branch is a few percent of the shortcut and its weights barely
+# show; a smaller conv_img keeps the tanh output mostly unsaturated.
+_ROLE_INIT = {
+    "gen_weights1.2": (2.0, 0.1),
+    "gen_weights2.2": (2.0, 0.1),
+    "gen_se_weights1.2": (2.0, 1.0),
+    "gen_se_weights2.2": (2.0, 1.0),
+    "conv_img": (0.3, 0.1),
+}
+
+
+def _role_init(name: str) -> tuple:
+    for suffix, init in _ROLE_INIT.items():
+        if name == suffix or name.endswith("." + suffix):
+            return init
+    return _PLAIN_GAIN, 0.1
 
 
 def _normal(gen: torch.Generator, like: torch.Tensor, mean: float, std: float) -> torch.Tensor:
@@ -341,13 +360,13 @@ def _normal(gen: torch.Generator, like: torch.Tensor, mean: float, std: float) -
 
 
 @torch.no_grad()
-def _fill_spectral(mod: nn.Module, gen: torch.Generator) -> None:
-    """weight_orig random; weight_u, weight_v unit vectors giving the layer a typical gain of ~_GAIN.
+def _fill_spectral(mod: nn.Module, gen: torch.Generator, gain: float) -> None:
+    """weight_orig random; weight_u, weight_v unit vectors giving the layer a typical gain of ~`gain`.
 
     In eval mode the effective weight is W / sigma with sigma = u . (W v). v comes from two power
     iterations from a random start (so sigma can be large enough), and u is the matching direction
     W v mixed with a random direction orthogonal to it, chosen so that sigma = |W|_F / (sqrt(out) *
-    _GAIN). Neither vector is a converged singular vector, so both enter the output at first order
+    gain). Neither vector is a converged singular vector, so both enter the output at first order
     and an implementation that power-iterates in eval mode would give visibly different outputs.
     """
     w = mod.weight_orig
@@ -358,7 +377,7 @@ def _fill_spectral(mod: nn.Module, gen: torch.Generator) -> None:
         v = F.normalize(mat.t() @ u, dim=0)
         u = F.normalize(mat @ v, dim=0)
     sigma_pi = torch.dot(u, mat @ v)
-    target = mat.norm() / (mat.shape[0] ** 0.5 * _GAIN)
+    target = mat.norm() / (mat.shape[0] ** 0.5 * gain)
     # u = cos(a) u_pi + sin(a) r_perp gives sigma = cos(a) sigma_pi; keep cos(a) >= 0.3 so u_pi shows.
     cos = float((target / sigma_pi).clamp(0.3, 1.0))
     r_perp = r - torch.dot(r, u) * u
@@ -376,13 +395,14 @@ def randomize_(module: nn.Module, seed: int) -> nn.Module:
     """Fill every parameter and buffer of `module` with deterministic, non-trivial random values.
 
     BatchNorm: weight ~ N(1, 0.1), bias ~ N(0, 0.1), running_mean ~ N(0, 0.1), running_var ~ U(0.5, 1.5),
-    num_batches_tracked a random count. Plain conv/linear: weight ~ N(0, 2 / fan_in), bias ~ N(0, 0.1).
+    num_batches_tracked a random count. Plain conv/linear: weight ~ N(0, 1 / fan_in), bias ~ N(0, 0.1),
+    except the roles in `_ROLE_INIT` (the generator's kernel and gate predictors, conv_img).
     Spectral-norm convs: see `_fill_spectral` (fixed unit vectors weight_u, weight_v, used as they are
     in eval mode). Values are drawn on the CPU in float64, so they do not depend on the device.
     """
     gen = torch.Generator().manual_seed(seed)
     filled = set()
-    for mod in module.modules():
+    for name, mod in module.named_modules():
         if isinstance(mod, nn.modules.batchnorm._BatchNorm):
             if mod.weight is not None:
                 mod.weight.copy_(_normal(gen, mod.weight, 1.0, 0.1))
@@ -393,12 +413,15 @@ def randomize_(module: nn.Module, seed: int) -> nn.Module:
                 mod.running_var.copy_(var)
                 mod.num_batches_tracked.fill_(int(torch.randint(1, 100_000, (), generator=gen)))
         elif hasattr(mod, "weight_orig"):
-            _fill_spectral(mod, gen)
+            # The generator's shortcut conv: no activation follows, and the residual branch is added
+            # to it, so gain 1/sqrt(2) keeps x from growing block after block.
+            _fill_spectral(mod, gen, 0.5 ** 0.5 if name.endswith("conv_s") else _SN_GAIN)
         elif isinstance(mod, (nn.Conv2d, nn.Linear)):
+            gain, bias_std = _role_init(name)
             fan_in = mod.weight[0].numel()
-            mod.weight.copy_(_normal(gen, mod.weight, 0.0, _GAIN / fan_in ** 0.5))
+            mod.weight.copy_(_normal(gen, mod.weight, 0.0, gain / fan_in ** 0.5))
             if mod.bias is not None:
-                mod.bias.copy_(_normal(gen, mod.bias, 0.0, 0.1))
+                mod.bias.copy_(_normal(gen, mod.bias, 0.0, bias_std))
         else:
             continue
         filled.update(id(t) for t in mod.parameters(recurse=False))

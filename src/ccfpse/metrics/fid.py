@@ -161,22 +161,24 @@ def feature_statistics(feats: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np
 def frechet_distance(
     mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
 ) -> float:
-    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64."""
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64.
+
+    tr sqrt(sigma1 sigma2) is computed as the sum of the square roots of the eigenvalues of the
+    symmetric sigma1^1/2 sigma2 sigma1^1/2 (the same eigenvalues): two symmetric eigen-
+    decompositions take seconds at 2048 dimensions where scipy's general ``sqrtm`` takes minutes,
+    and the result is exact also for the singular covariances of small sets. ``eps`` is kept for
+    the signature of pytorch-fid's function; no regularisation is needed.
+    """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or s1.shape != s2.shape:
         raise ValueError(f"statistics differ in shape: {mu1.shape}/{s1.shape} vs {mu2.shape}/{s2.shape}")
     diff = mu1 - mu2
-    covmean = linalg.sqrtm(s1 @ s2)
-    if not np.isfinite(covmean).all():
-        # A singular product (fewer samples than dimensions): regularise both covariances.
-        offset = np.eye(s1.shape[0]) * eps
-        covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
-    if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(f"sqrtm returned a large imaginary component ({np.max(np.abs(covmean.imag)):.3g})")
-        covmean = covmean.real
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+    w, v = linalg.eigh((s1 + s1.T) / 2)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = root1 @ s2 @ root1
+    trace_covmean = float(np.sqrt(np.clip(linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum())
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * trace_covmean)
 
 
 def fid_from_features(feats1: np.ndarray | torch.Tensor, feats2: np.ndarray | torch.Tensor) -> float:

@@ -66,7 +66,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     for flag, key, typ, help_text in FIELD_FLAGS:
-        p.add_argument(flag, dest=key, type=typ, default=None, help=help_text)
+        p.add_argument(flag, dest=key, type=typ, default=None, metavar=key.split(".")[1].upper(), help=help_text)
     for flag, key, value, help_text in SWITCH_FLAGS:
         p.add_argument(flag, dest=key, action="store_const", const=value, default=None, help=help_text)
     p.set_defaults(func=run)
