@@ -378,7 +378,7 @@ def check_finite(loss: torch.Tensor, losses: dict, step: int, last_saved: Path |
         torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
     if bool(finite.item()):
         return
-    terms = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+    terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
     where = f"the last good checkpoint is {last_saved}" if last_saved else "no checkpoint was written yet"
     raise TrainingDiverged(
         f"non-finite loss at step {step + 1} ({terms}); training stopped and {where}. "
