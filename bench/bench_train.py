@@ -1,0 +1,497 @@
+"""Training-step benchmark: our networks against the official release's networks.
+
+Protocol (issue 4, item 7), identical for both implementations:
+- G step: E(real) -> reparameterize z -> G(semantics, z) -> D(concat(fake, real), semantics twice)
+  -> hinge G loss + 10 * feature matching + 0.05 * KL -> backward -> Adam on G and E
+  (lr 1e-4, betas (0, 0.9)); D's parameters are frozen during this step, as in our training loop
+  (``--d-grads-in-g-step`` computes and discards them, as the release's trainer does);
+- D step: fake regenerated under no_grad (E and G again) -> D(concat(fake, real)) -> hinge D loss
+  -> backward -> Adam on D (lr 4e-4, betas (0, 0.9));
+- no VGG loss; fp32; training mode (BatchNorm batch statistics, spectral-norm power iteration as
+  each implementation does it); ``torch.set_num_threads(2)``; one warm-up step, then the median
+  of ``--steps`` timed steps; peak RSS of the whole process (VmHWM, i.e. ``ru_maxrss`` of this
+  process image), so run one implementation/config per process.
+
+"official" is the independent re-implementation of the release in ``tests/reference/official.py``
+(unfold DepthConv, four separate predictor convs, old-style spectral norm). Both start from the
+same weights (ours initialised as the release does, exported under the official names). The
+official encoder is built as for a 256 crop, since the release's encoder has no layer6 below 256
+and then cannot run (ours always has six layers).
+
+    python bench/bench_train.py --impl ours --label-nc 150 --size 128 --ngf 32 --batch 2
+    python bench/bench_train.py --impl official --label-nc 150 --dontcare --size 256 --ngf 64 --batch 1 --steps 2
+    python bench/bench_train.py --all                    # every config, fresh process each; markdown table
+    python bench/bench_train.py --impl ours ... --profile  # op table of one step (torch profiler)
+    python bench/bench_train.py --impl ours ... --saved    # bytes autograd saves, per module
+    python bench/bench_train.py --check                  # same mathematics: one step, both impls
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # for tests.reference.official
+
+from ccfpse import compat  # noqa: E402
+from ccfpse.config import ModelConfig  # noqa: E402
+from ccfpse.nn import build_networks, reparameterize  # noqa: E402
+from ccfpse.train.losses import d_hinge_loss, feature_matching_loss, g_hinge_loss, kld_loss  # noqa: E402
+
+LAMBDA_FEAT, LAMBDA_KLD = 10.0, 0.05
+LR_G, LR_D, BETAS = 1e-4, 4e-4, (0.0, 0.9)
+
+# The issue's configurations and the official figures it quotes (s/step, GB).
+CONFIGS = {
+    "a": dict(label_nc=150, dontcare=False, size=128, ngf=32, batch=2, ref=(8.5, 3.0)),
+    "b": dict(label_nc=150, dontcare=True, size=256, ngf=64, batch=1, ref=(51.0, 6.7)),
+}
+VARIANTS = {  # name in the table -> extra command-line flags
+    "official": ["--impl", "official"],
+    "ours": ["--impl", "ours"],
+    "ours + checkpointing": ["--impl", "ours", "--checkpointing"],
+    # Prototypes (bench/ only): fused lean Adam, one-hot look-up generator.
+    "ours + ckpt + fused Adam": ["--impl", "ours", "--checkpointing", "--fused-adam"],
+    "proto + fused Adam": ["--impl", "proto", "--fused-adam"],
+    "proto + ckpt + fused Adam": ["--impl", "proto", "--checkpointing", "--fused-adam"],
+}
+DEFAULT_VARIANTS = ["official", "ours", "ours + checkpointing"]
+
+
+# ---- inputs -------------------------------------------------------------------------------------
+
+
+def blocky_labels(n: int, size: int, num_classes: int, gen: torch.Generator) -> torch.Tensor:
+    """(n, size, size) class indices shaped like a segmentation: a coarse grid of random classes
+    overpainted with random rectangles."""
+    cells = max(2, size // 16)
+    coarse = torch.randint(num_classes, (n, 1, cells, cells), generator=gen).float()
+    labels = F.interpolate(coarse, size=(size, size), mode="nearest").long()[:, 0]
+    for b in range(n):
+        for _ in range(12):
+            h, w = (int(v) for v in torch.randint(size // 8, size // 2, (2,), generator=gen))
+            y, x = (int(v) for v in torch.randint(0, size - min(h, w), (2,), generator=gen))
+            labels[b, y : y + h, x : x + w] = int(torch.randint(num_classes, (), generator=gen))
+    return labels
+
+
+def make_batch(n: int, size: int, semantic_nc: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    labels = blocky_labels(n, size, semantic_nc, gen)
+    semantics = F.one_hot(labels, semantic_nc).permute(0, 3, 1, 2).float().contiguous()
+    real = torch.rand((n, 3, size, size), generator=gen) * 2 - 1
+    return semantics, real
+
+
+# ---- networks -----------------------------------------------------------------------------------
+
+
+def model_config(args) -> ModelConfig:
+    return ModelConfig(
+        label_nc=args.label_nc, contain_dontcare_label=args.dontcare, use_instance=False,
+        ngf=args.ngf, ndf=args.ndf or args.ngf, crop_size=args.size, use_vae=True,
+    )
+
+
+def build(impl: str, cfg: ModelConfig, seed: int = 0, module: str | None = None):
+    """(G, D, E) of ``impl`` with identical weights for every impl (ours initialised as the
+    release does, then exported under the official names for the official networks)."""
+    torch.manual_seed(seed)
+    G, D, E = build_networks(cfg)
+    for net in (G, D, E):
+        converge_spectral_vectors(net)
+    if impl == "ours":
+        return G, D, E
+    if impl == "proto":  # a prototype generator module from bench/ (--proto-module)
+        import importlib
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        proto = importlib.import_module(module)
+        P = proto.CCFPSEGenerator.from_config(cfg)
+        P.load_state_dict(G.state_dict())
+        return P, D, E
+    from tests.reference import official as ref
+
+    opt = ref.make_opt(cfg.label_nc, cfg.contain_dontcare_label, not cfg.use_instance, ngf=cfg.ngf,
+                       ndf=cfg.ndf, crop_size=cfg.crop_size)
+    opt_e = ref.make_opt(cfg.label_nc, cfg.contain_dontcare_label, not cfg.use_instance, ngf=cfg.ngf,
+                         ndf=cfg.ndf, crop_size=max(256, cfg.crop_size))
+    nets = []
+    for ours, theirs, key_map in (
+        (G, ref.OfficialGenerator(opt), compat.generator_key_map),
+        (D, ref.OfficialDiscriminator(opt), compat.discriminator_key_map),
+        (E, ref.OfficialEncoder(opt_e), compat.encoder_key_map),
+    ):
+        missing, unexpected = theirs.load_state_dict(compat.to_official_state_dict(ours, key_map(ours)), strict=False)
+        # Only the release's never-used BatchNorms may be left at their defaults.
+        assert not unexpected and all(compat.UNUSED_OFFICIAL_KEYS.search(k) for k in missing), (missing, unexpected)
+        nets.append(theirs)
+    return tuple(nets)
+
+
+# ---- the two steps ------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def converge_spectral_vectors(net: nn.Module) -> None:
+    """Set every spectral norm's u, v to the top singular pair of its weight. The release's
+    power iteration updates v then u, torch's parametrization u then v; from converged vectors
+    both give the same sigma, so ``--check`` compares the rest of the mathematics."""
+    for mod in net.modules():
+        sn = getattr(getattr(mod, "parametrizations", None), "weight", None)
+        if sn is None:
+            continue
+        w = sn.original.flatten(1).double()
+        U, S, Vh = torch.linalg.svd(w, full_matrices=False)
+        sn[0]._u.copy_(U[:, 0])
+        sn[0]._v.copy_(Vh[0])
+
+
+class AdamInBackward:
+    """Prototype: ``torch.optim.Adam(betas=(0, beta2))`` applied to each parameter as soon as its
+    gradient is complete during backward, after which the gradient is freed, so the gradients
+    of the whole network never coexist. With beta1 = 0 Adam's first moment is exactly the
+    current gradient, so only the second moment is kept. Same update, operation for operation,
+    as torch's Adam (lerp with weight 1 returns the gradient exactly)."""
+
+    def __init__(self, params, lr: float, betas: tuple[float, float], eps: float = 1e-8) -> None:
+        if betas[0] != 0:
+            raise ValueError("AdamInBackward keeps no first moment: beta1 must be 0")
+        self.lr, self.beta2, self.eps = lr, betas[1], eps
+        self.state: dict[nn.Parameter, list] = {}
+        for p in params:
+            if p.requires_grad:
+                p.register_post_accumulate_grad_hook(self._step)
+
+    @torch.no_grad()
+    def _step(self, p: torch.Tensor) -> None:
+        state = self.state.setdefault(p, [0, torch.zeros_like(p)])
+        state[0] += 1
+        step, exp_avg_sq = state
+        grad = p.grad
+        exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
+        denom = (exp_avg_sq.sqrt() / (1 - self.beta2**step) ** 0.5).add_(self.eps)
+        p.addcdiv_(grad, denom, value=-self.lr)
+        p.grad = None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        pass
+
+    def step(self) -> None:  # the work was done during backward
+        pass
+
+
+class Trainer:
+    def __init__(self, G, D, E, d_grads_in_g_step: bool = False, fused_adam: bool = False) -> None:
+        self.G, self.D, self.E = G, D, E
+        for net in (G, D, E):
+            net.train()
+        if fused_adam and d_grads_in_g_step:
+            raise ValueError("--fused-adam would step D in the G step with --d-grads-in-g-step")
+        adam = AdamInBackward if fused_adam else torch.optim.Adam
+        self.opt_G = adam(list(G.parameters()) + list(E.parameters()), lr=LR_G, betas=BETAS)
+        self.opt_D = adam(D.parameters(), lr=LR_D, betas=BETAS)
+        self.d_grads_in_g_step = d_grads_in_g_step
+
+    def generate(self, semantics, real):
+        mu, logvar = self.E(real)
+        return self.G(semantics, reparameterize(mu, logvar)), mu, logvar
+
+    def g_step(self, semantics, real) -> dict:
+        if not self.d_grads_in_g_step:
+            self.D.requires_grad_(False)
+        fake, mu, logvar = self.generate(semantics, real)
+        n = len(fake)
+        feats, preds = self.D(torch.cat([fake, real]), torch.cat([semantics, semantics]))
+        losses = {
+            "G_gan": g_hinge_loss([p[:n] for p in preds]),
+            "G_feat": LAMBDA_FEAT * feature_matching_loss([f[:n] for f in feats], [f[n:] for f in feats]),
+            "KLD": LAMBDA_KLD * kld_loss(mu, logvar),
+        }
+        self.opt_G.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        self.opt_G.step()
+        self.D.requires_grad_(True)
+        return {k: v.item() for k, v in losses.items()}
+
+    def d_step(self, semantics, real) -> dict:
+        with torch.no_grad():
+            fake, _, _ = self.generate(semantics, real)
+        n = len(fake)
+        _, preds = self.D(torch.cat([fake.detach(), real]), torch.cat([semantics, semantics]))
+        loss = d_hinge_loss([p[n:] for p in preds], [p[:n] for p in preds])
+        self.opt_D.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_D.step()
+        return {"D_hinge": loss.item()}
+
+
+# ---- measurements -------------------------------------------------------------------------------
+
+
+def peak_rss_gib() -> float:
+    """Peak RSS of this process image (VmHWM; what ru_maxrss reports for a fresh process)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2**20
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def current_rss_gib() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 2**20
+
+
+def param_bytes(*nets) -> int:
+    return sum(p.numel() * p.element_size() for net in nets for p in net.parameters())
+
+
+def run(args) -> dict:
+    cfg = model_config(args)
+    G, D, E = build(args.impl, cfg, module=args.proto_module)
+    if args.checkpointing:
+        G.set_checkpointing(True)
+    trainer = Trainer(G, D, E, args.d_grads_in_g_step, args.fused_adam)
+    semantics, real = make_batch(args.batch, args.size, cfg.semantic_nc)
+    rss_setup = current_rss_gib()
+    times, g_times, cpu_times = [], [], []
+    for i in range(1 + args.steps):
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        losses = trainer.g_step(semantics, real)
+        t1 = time.perf_counter()
+        losses.update(trainer.d_step(semantics, real))
+        t2 = time.perf_counter()
+        if i >= 1:
+            cpu_times.append(time.process_time() - c0)
+            times.append(t2 - t0)
+            g_times.append(t1 - t0)
+        if args.verbose:
+            print(f"step {i}: {t2 - t0:.2f} s (G {t1 - t0:.2f} s)  {losses}", file=sys.stderr, flush=True)
+    return {
+        "impl": args.impl + (" + checkpointing" if args.checkpointing else "")
+        + (" + fused lean Adam" if args.fused_adam else ""),
+        "config": dict(label_nc=args.label_nc, dontcare=args.dontcare, semantic_nc=cfg.semantic_nc,
+                       size=args.size, ngf=cfg.ngf, ndf=cfg.ndf, batch=args.batch),
+        "median_step_s": statistics.median(times),
+        "median_g_step_s": statistics.median(g_times),
+        "step_times_s": times,
+        # CPU seconds of this process per step (all threads): less sensitive to other load than
+        # wall time, but includes OpenMP spin-waiting.
+        "median_cpu_s": statistics.median(cpu_times),
+        "peak_rss_gib": peak_rss_gib(),
+        "ru_maxrss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "rss_after_setup_gib": rss_setup,
+        "params_gib": param_bytes(G, D, E) / 2**30,
+        "loadavg": os.getloadavg(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def profile(args) -> None:
+    """Op table (self CPU time and allocated memory) of one step after a warm-up."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    cfg = model_config(args)
+    G, D, E = build(args.impl, cfg, module=args.proto_module)
+    if args.checkpointing:
+        G.set_checkpointing(True)
+    trainer = Trainer(G, D, E, args.d_grads_in_g_step, args.fused_adam)
+    semantics, real = make_batch(args.batch, args.size, cfg.semantic_nc)
+    trainer.g_step(semantics, real)
+    trainer.d_step(semantics, real)
+    with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True, profile_memory=True) as prof:
+        trainer.g_step(semantics, real)
+        trainer.d_step(semantics, real)
+    ka = prof.key_averages()
+    print(ka.table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=40))
+    print(prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=30, max_shapes_column_width=70))
+
+
+def saved_report(args) -> None:
+    """Bytes autograd keeps for backward after the G step's forward, attributed to the innermost
+    module running when each tensor was saved (unique storages, first saver wins)."""
+    cfg = model_config(args)
+    G, D, E = build(args.impl, cfg, module=args.proto_module)
+    if args.checkpointing:
+        G.set_checkpointing(True)
+    for net in (G, D, E):
+        net.train()
+    D.requires_grad_(args.d_grads_in_g_step)
+    semantics, real = make_batch(args.batch, args.size, cfg.semantic_nc)
+    stack = ["(top)"]
+    hooks = []
+    for prefix, net in (("G", G), ("D", D), ("E", E)):
+        for name, mod in net.named_modules():
+            full = f"{prefix}.{name}" if name else prefix
+            hooks.append(mod.register_forward_pre_hook(lambda m, a, full=full: stack.append(full)))
+            hooks.append(mod.register_forward_hook(lambda m, a, o: stack.pop() and None))
+    storages: dict[int, tuple[str, int, tuple]] = {}
+    # Parameters saved for backward cost nothing extra; leave them out.
+    params = {p.untyped_storage().data_ptr() for net in (G, D, E) for p in net.parameters()}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            storages.setdefault(s.data_ptr(), (stack[-1], s.nbytes(), tuple(t.shape)))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        mu, logvar = E(real)
+        fake = G(semantics, reparameterize(mu, logvar))
+        feats, preds = D(torch.cat([fake, real]), torch.cat([semantics, semantics]))
+    per_module = defaultdict(int)
+    for owner, nbytes, _ in storages.values():
+        per_module[owner] += nbytes
+    total = sum(per_module.values())
+    print(f"saved for backward (parameters excluded): {total / 2**30:.3f} GiB in {len(storages)} storages; "
+          f"params {param_bytes(G, D, E) / 2**30:.3f} GiB; RSS now {current_rss_gib():.2f} GiB")
+    for owner, nbytes in sorted(per_module.items(), key=lambda kv: -kv[1])[: args.rows]:
+        print(f"  {nbytes / 2**20:9.1f} MiB  {owner}")
+    print("largest storages:")
+    for owner, nbytes, shape in sorted(storages.values(), key=lambda v: -v[1])[: args.rows]:
+        print(f"  {nbytes / 2**20:9.1f} MiB  {owner}  {shape}")
+
+
+def check(args) -> None:
+    """Same mathematics: one G step and one D step of the official networks and of ``--impl``
+    (ours or the prototype) from the same weights, inputs and
+    RNG state; prints the losses and the largest parameter difference after the two steps."""
+    cfg = model_config(args)
+    semantics, real = make_batch(args.batch, args.size, cfg.semantic_nc)
+    results = {}
+    other = "ours" if args.impl == "official" else args.impl
+    for impl in ("official", other):
+        G, D, E = build(impl, cfg, module=args.proto_module)
+        if impl != "official" and args.checkpointing:
+            G.set_checkpointing(True)
+        trainer = Trainer(G, D, E, fused_adam=args.fused_adam and impl != "official")
+        torch.manual_seed(123)
+        losses = trainer.g_step(semantics, real)
+        losses.update(trainer.d_step(semantics, real))
+        G_params = G.state_dict() if impl == "official" else compat.to_official_state_dict(G, compat.generator_key_map(G))
+        results[impl] = (losses, G_params)
+        print(impl, {k: f"{v:.6g}" for k, v in losses.items()})
+    (lo, po), (lu, pu) = results["official"], results[other]
+    # Spectral norm's u, v are left out: old-style (release) power iteration updates v then u,
+    # the parametrization u then v, so in training mode they differ (same fixed point).
+    diffs = {k: (po[k].double() - pu[k].double()).abs().max().item() for k in pu
+             if not k.endswith(("weight_u", "weight_v")) and po[k].is_floating_point()}
+    worst = max(diffs.values())
+    if args.verbose:
+        for k, v in sorted(diffs.items(), key=lambda kv: -kv[1])[: args.rows]:
+            print(f"  {v:.3g}  {k}")
+    print(f"max |loss diff| {max(abs(lo[k] - lu[k]) for k in lo):.3g}; "
+          f"max |G/E weight diff| after both steps {worst:.3g}")
+
+
+# ---- driver -------------------------------------------------------------------------------------
+
+
+def config_flags(c: dict) -> list[str]:
+    flags = ["--label-nc", str(c["label_nc"]), "--size", str(c["size"]), "--ngf", str(c["ngf"]),
+             "--batch", str(c["batch"])]
+    return flags + (["--dontcare"] if c["dontcare"] else [])
+
+
+def drive(args) -> None:
+    print(f"torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} CPUs; "
+          f"{args.steps} timed steps after 1 warm-up, 2 threads", flush=True)
+    rows = []
+    for name in args.configs:
+        c = CONFIGS[name]
+        steps = args.steps if args.steps is not None else (3 if name == "a" else 2)
+        for variant in args.variants:
+            cmd = [sys.executable, os.path.abspath(__file__), *VARIANTS[variant], *config_flags(c),
+                   "--steps", str(steps), "--json"]
+            load0 = os.getloadavg()[0]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                print(f"{name} {variant}: failed\n{res.stderr[-2000:]}", file=sys.stderr)
+                continue
+            r = json.loads(res.stdout.strip().splitlines()[-1])
+            r.update(variant=variant, cfg=name, load=(load0, r["loadavg"][0]))
+            rows.append(r)
+            print(f"  {name} {variant}: {r['median_step_s']:.2f} s/step, {r['peak_rss_gib']:.2f} GiB "
+                  f"(load {load0:.1f}->{r['loadavg'][0]:.1f})", file=sys.stderr, flush=True)
+    print("\n| config | implementation | s/step (median) | G step s | peak RSS GiB | vs official: speed, memory | load 1-min |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        off = next((o for o in rows if o["cfg"] == r["cfg"] and o["variant"] == "official"), None)
+        ratio = (f"{off['median_step_s'] / r['median_step_s']:.2f}x, {r['peak_rss_gib'] / off['peak_rss_gib']:.2f}"
+                 if off else "-")
+        print(f"| {r['cfg']} | {r['variant']} | {r['median_step_s']:.2f} | {r['median_g_step_s']:.2f} | "
+              f"{r['peak_rss_gib']:.2f} | {ratio} | {r['load'][0]:.1f} -> {r['load'][1]:.1f} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--impl", choices=["official", "ours", "proto"], default="ours")
+    p.add_argument("--proto-module", default="proto_generator", help="bench/ module for --impl proto")
+    p.add_argument("--label-nc", type=int, default=150)
+    p.add_argument("--dontcare", action="store_true", help="add the dontcare channel (ADE20K: 151)")
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--ngf", type=int, default=32)
+    p.add_argument("--ndf", type=int, default=None, help="default: ngf")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--steps", type=int, default=None, help="timed steps after one warm-up (default 3)")
+    p.add_argument("--checkpointing", action="store_true", help="G.set_checkpointing(True) (ours)")
+    p.add_argument("--d-grads-in-g-step", action="store_true",
+                   help="keep D trainable during the G step (the release's trainer; grads discarded)")
+    p.add_argument("--fused-adam", action="store_true",
+                   help="prototype: Adam(beta1=0) applied per parameter during backward, no first moment")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    p.add_argument("--verbose", action="store_true", help="per-step times and losses on stderr")
+    p.add_argument("--profile", action="store_true", help="torch profiler op tables of one step")
+    p.add_argument("--saved", action="store_true", help="bytes saved for backward, per module")
+    p.add_argument("--rows", type=int, default=25)
+    p.add_argument("--check", action="store_true", help="compare one step of both impls")
+    p.add_argument("--all", action="store_true", help="run the issue's configs, one process each")
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS),
+                   help="rows of --all (default: %(default)s)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.all:
+        return drive(args)
+    if args.checkpointing and args.impl == "official":
+        p.error("--checkpointing exists only for our generator")
+    if args.profile:
+        return profile(args)
+    if args.saved:
+        return saved_report(args)
+    if args.check:
+        return check(args)
+    args.steps = 3 if args.steps is None else args.steps
+    r = run(args)
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print(f"{r['impl']}: {r['config']}")
+        print(f"  median step {r['median_step_s']:.2f} s (G step {r['median_g_step_s']:.2f} s) over "
+              f"{len(r['step_times_s'])} steps {[round(t, 2) for t in r['step_times_s']]}")
+        print(f"  median CPU time {r['median_cpu_s']:.2f} s/step (process, all threads)")
+        print(f"  peak RSS {r['peak_rss_gib']:.2f} GiB (after set-up {r['rss_after_setup_gib']:.2f}, "
+              f"parameters {r['params_gib']:.2f}); load {r['loadavg'][0]:.1f}; torch {r['torch']}")
+
+
+if __name__ == "__main__":
+    main()
