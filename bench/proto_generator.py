@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from ccfpse.config import ModelConfig, latent_grid
 from ccfpse.nn.blocks import LRELU_SLOPE, CondConvBlock, init_weights
 from ccfpse.nn.generator import BLOCK_CHANNELS, BLOCK_SCHEDULE, LabelPyramid, upsample2x
-from torch.utils.checkpoint import checkpoint
 
 
 class OneHotIndex:
