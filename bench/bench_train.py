@@ -29,6 +29,7 @@ and then cannot run (ours always has six layers).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -43,6 +44,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for tests.reference.official
@@ -51,6 +53,7 @@ from ccfpse import compat  # noqa: E402
 from ccfpse.config import ModelConfig  # noqa: E402
 from ccfpse.nn import build_networks, reparameterize  # noqa: E402
 from ccfpse.train.losses import d_hinge_loss, feature_matching_loss, g_hinge_loss, kld_loss  # noqa: E402
+from ccfpse.train.optim import Adam  # noqa: E402
 
 LAMBDA_FEAT, LAMBDA_KLD = 10.0, 0.05
 LR_G, LR_D, BETAS = 1e-4, 4e-4, (0.0, 0.9)
@@ -64,10 +67,6 @@ VARIANTS = {  # name in the table -> extra command-line flags
     "official": ["--impl", "official"],
     "ours": ["--impl", "ours"],
     "ours + checkpointing": ["--impl", "ours", "--checkpointing"],
-    # Prototypes (bench/ only): fused lean Adam, one-hot look-up generator.
-    "ours + ckpt + fused Adam": ["--impl", "ours", "--checkpointing", "--fused-adam"],
-    "proto + fused Adam": ["--impl", "proto", "--fused-adam"],
-    "proto + ckpt + fused Adam": ["--impl", "proto", "--checkpointing", "--fused-adam"],
 }
 DEFAULT_VARIANTS = ["official", "ours", "ours + checkpointing"]
 
@@ -107,7 +106,7 @@ def model_config(args) -> ModelConfig:
     )
 
 
-def build(impl: str, cfg: ModelConfig, seed: int = 0, module: str | None = None):
+def build(impl: str, cfg: ModelConfig, seed: int = 0):
     """(G, D, E) of ``impl`` with identical weights for every impl (ours initialised as the
     release does, then exported under the official names for the official networks)."""
     torch.manual_seed(seed)
@@ -116,14 +115,6 @@ def build(impl: str, cfg: ModelConfig, seed: int = 0, module: str | None = None)
         converge_spectral_vectors(net)
     if impl == "ours":
         return G, D, E
-    if impl == "proto":  # a prototype generator module from bench/ (--proto-module)
-        import importlib
-
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        proto = importlib.import_module(module)
-        P = proto.CCFPSEGenerator.from_config(cfg)
-        P.load_state_dict(G.state_dict())
-        return P, D, E
     from tests.reference import official as ref
 
     opt = ref.make_opt(cfg.label_nc, cfg.contain_dontcare_label, not cfg.use_instance, ngf=cfg.ngf,
@@ -161,50 +152,24 @@ def converge_spectral_vectors(net: nn.Module) -> None:
         sn[0]._v.copy_(Vh[0])
 
 
-class AdamInBackward:
-    """Prototype: ``torch.optim.Adam(betas=(0, beta2))`` applied to each parameter as soon as its
-    gradient is complete during backward, after which the gradient is freed, so the gradients
-    of the whole network never coexist. With beta1 = 0 Adam's first moment is exactly the
-    current gradient, so only the second moment is kept. Same update, operation for operation,
-    as torch's Adam (lerp with weight 1 returns the gradient exactly)."""
-
-    def __init__(self, params, lr: float, betas: tuple[float, float], eps: float = 1e-8) -> None:
-        if betas[0] != 0:
-            raise ValueError("AdamInBackward keeps no first moment: beta1 must be 0")
-        self.lr, self.beta2, self.eps = lr, betas[1], eps
-        self.state: dict[nn.Parameter, list] = {}
-        for p in params:
-            if p.requires_grad:
-                p.register_post_accumulate_grad_hook(self._step)
-
-    @torch.no_grad()
-    def _step(self, p: torch.Tensor) -> None:
-        state = self.state.setdefault(p, [0, torch.zeros_like(p)])
-        state[0] += 1
-        step, exp_avg_sq = state
-        grad = p.grad
-        exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
-        denom = (exp_avg_sq.sqrt() / (1 - self.beta2**step) ** 0.5).add_(self.eps)
-        p.addcdiv_(grad, denom, value=-self.lr)
-        p.grad = None
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        pass
-
-    def step(self) -> None:  # the work was done during backward
-        pass
-
-
 class Trainer:
-    def __init__(self, G, D, E, d_grads_in_g_step: bool = False, fused_adam: bool = False) -> None:
-        self.G, self.D, self.E = G, D, E
+    """One G step and one D step of the protocol. ``official``: as the release's trainer
+    (torch.optim.Adam; D on concat(fake, real) in both steps). Otherwise as ``ccfpse train`` runs
+    single-process fp32: ``ccfpse.train.optim.Adam`` updating each parameter during backward
+    (no first moment since beta1 = 0), and in the G step D's real half without a graph."""
+
+    def __init__(self, G, D, E, official: bool, d_grads_in_g_step: bool = False) -> None:
+        self.G, self.D, self.E, self.official = G, D, E, official
         for net in (G, D, E):
             net.train()
-        if fused_adam and d_grads_in_g_step:
-            raise ValueError("--fused-adam would step D in the G step with --d-grads-in-g-step")
-        adam = AdamInBackward if fused_adam else torch.optim.Adam
-        self.opt_G = adam(list(G.parameters()) + list(E.parameters()), lr=LR_G, betas=BETAS)
-        self.opt_D = adam(D.parameters(), lr=LR_D, betas=BETAS)
+        if official:
+            make = torch.optim.Adam
+        else:
+            if d_grads_in_g_step:
+                raise ValueError("--d-grads-in-g-step is for the official trainer only")
+            make = functools.partial(Adam, step_in_backward=True)
+        self.opt_G = make(list(G.parameters()) + list(E.parameters()), lr=LR_G, betas=BETAS)
+        self.opt_D = make(D.parameters(), lr=LR_D, betas=BETAS)
         self.d_grads_in_g_step = d_grads_in_g_step
 
     def generate(self, semantics, real):
@@ -216,10 +181,18 @@ class Trainer:
             self.D.requires_grad_(False)
         fake, mu, logvar = self.generate(semantics, real)
         n = len(fake)
-        feats, preds = self.D(torch.cat([fake, real]), torch.cat([semantics, semantics]))
+        if self.official:
+            feats, preds = self.D(torch.cat([fake, real]), torch.cat([semantics, semantics]))
+            feats_fake, feats_real = [f[:n] for f in feats], [f[n:] for f in feats]
+            preds_fake = [p[:n] for p in preds]
+        else:
+            with parametrize.cached():
+                feats_fake, preds_fake = self.D(fake, semantics)
+                with torch.no_grad():
+                    feats_real, _ = self.D(real, semantics)
         losses = {
-            "G_gan": g_hinge_loss([p[:n] for p in preds]),
-            "G_feat": LAMBDA_FEAT * feature_matching_loss([f[:n] for f in feats], [f[n:] for f in feats]),
+            "G_gan": g_hinge_loss(preds_fake),
+            "G_feat": LAMBDA_FEAT * feature_matching_loss(feats_fake, feats_real),
             "KLD": LAMBDA_KLD * kld_loss(mu, logvar),
         }
         self.opt_G.zero_grad(set_to_none=True)
@@ -263,10 +236,10 @@ def param_bytes(*nets) -> int:
 
 def run(args) -> dict:
     cfg = model_config(args)
-    G, D, E = build(args.impl, cfg, module=args.proto_module)
+    G, D, E = build(args.impl, cfg)
     if args.checkpointing:
         G.set_checkpointing(True)
-    trainer = Trainer(G, D, E, args.d_grads_in_g_step, args.fused_adam)
+    trainer = Trainer(G, D, E, args.impl == "official", args.d_grads_in_g_step)
     semantics, real = make_batch(args.batch, args.size, cfg.semantic_nc)
     rss_setup = current_rss_gib()
     times, g_times, cpu_times = [], [], []
@@ -285,7 +258,7 @@ def run(args) -> dict:
             print(f"step {i}: {t2 - t0:.2f} s (G {t1 - t0:.2f} s)  {losses}", file=sys.stderr, flush=True)
     return {
         "impl": args.impl + (" + checkpointing" if args.checkpointing else "")
-        + (" + fused lean Adam" if args.fused_adam else ""),
+        + (" + D grads in G step" if args.d_grads_in_g_step else ""),
         "config": dict(label_nc=args.label_nc, dontcare=args.dontcare, semantic_nc=cfg.semantic_nc,
                        size=args.size, ngf=cfg.ngf, ndf=cfg.ndf, batch=args.batch),
         "median_step_s": statistics.median(times),
@@ -309,10 +282,10 @@ def profile(args) -> None:
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     cfg = model_config(args)
-    G, D, E = build(args.impl, cfg, module=args.proto_module)
+    G, D, E = build(args.impl, cfg)
     if args.checkpointing:
         G.set_checkpointing(True)
-    trainer = Trainer(G, D, E, args.d_grads_in_g_step, args.fused_adam)
+    trainer = Trainer(G, D, E, args.impl == "official", args.d_grads_in_g_step)
     semantics, real = make_batch(args.batch, args.size, cfg.semantic_nc)
     trainer.g_step(semantics, real)
     trainer.d_step(semantics, real)
@@ -329,7 +302,7 @@ def saved_report(args) -> None:
     """Bytes autograd keeps for backward after the G step's forward, attributed to the innermost
     module running when each tensor was saved (unique storages, first saver wins)."""
     cfg = model_config(args)
-    G, D, E = build(args.impl, cfg, module=args.proto_module)
+    G, D, E = build(args.impl, cfg)
     if args.checkpointing:
         G.set_checkpointing(True)
     for net in (G, D, E):
@@ -372,17 +345,17 @@ def saved_report(args) -> None:
 
 def check(args) -> None:
     """Same mathematics: one G step and one D step of the official networks and of ``--impl``
-    (ours or the prototype) from the same weights, inputs and
+    (ours) from the same weights, inputs and
     RNG state; prints the losses and the largest parameter difference after the two steps."""
     cfg = model_config(args)
     semantics, real = make_batch(args.batch, args.size, cfg.semantic_nc)
     results = {}
     other = "ours" if args.impl == "official" else args.impl
     for impl in ("official", other):
-        G, D, E = build(impl, cfg, module=args.proto_module)
+        G, D, E = build(impl, cfg)
         if impl != "official" and args.checkpointing:
             G.set_checkpointing(True)
-        trainer = Trainer(G, D, E, fused_adam=args.fused_adam and impl != "official")
+        trainer = Trainer(G, D, E, impl == "official")
         torch.manual_seed(123)
         losses = trainer.g_step(semantics, real)
         losses.update(trainer.d_step(semantics, real))
@@ -443,8 +416,7 @@ def drive(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--impl", choices=["official", "ours", "proto"], default="ours")
-    p.add_argument("--proto-module", default="proto_generator", help="bench/ module for --impl proto")
+    p.add_argument("--impl", choices=["official", "ours"], default="ours")
     p.add_argument("--label-nc", type=int, default=150)
     p.add_argument("--dontcare", action="store_true", help="add the dontcare channel (ADE20K: 151)")
     p.add_argument("--size", type=int, default=128)
@@ -455,8 +427,6 @@ def main() -> None:
     p.add_argument("--checkpointing", action="store_true", help="G.set_checkpointing(True) (ours)")
     p.add_argument("--d-grads-in-g-step", action="store_true",
                    help="keep D trainable during the G step (the release's trainer; grads discarded)")
-    p.add_argument("--fused-adam", action="store_true",
-                   help="prototype: Adam(beta1=0) applied per parameter during backward, no first moment")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")
     p.add_argument("--verbose", action="store_true", help="per-step times and losses on stderr")

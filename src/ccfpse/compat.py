@@ -241,7 +241,7 @@ def load_official_generator(path: str | Path, cfg: ModelConfig) -> CCFPSEGenerat
 
 
 def load_official_discriminator(path: str | Path, cfg: ModelConfig) -> FPSEDiscriminator:
-    return _load(path, FPSEDiscriminator(cfg.semantic_nc, cfg.ndf), discriminator_key_map, cfg)
+    return _load(path, FPSEDiscriminator(cfg.semantic_nc, cfg.ndf, label_channels=cfg.num_label_channels), discriminator_key_map, cfg)
 
 
 def load_official_encoder(path: str | Path, cfg: ModelConfig) -> ConvEncoder:

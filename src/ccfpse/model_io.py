@@ -92,7 +92,7 @@ def load_model_dir(
     G = load_weights(CCFPSEGenerator.from_config(m), model_dir / "G.safetensors")
     D = E = None
     if (model_dir / "D.safetensors").exists():
-        D = load_weights(FPSEDiscriminator(m.semantic_nc, m.ndf), model_dir / "D.safetensors")
+        D = load_weights(FPSEDiscriminator(m.semantic_nc, m.ndf, label_channels=m.num_label_channels), model_dir / "D.safetensors")
     if (model_dir / "E.safetensors").exists():
         E = load_weights(ConvEncoder(m.ngf, m.z_dim), model_dir / "E.safetensors")
     nets = [n.to(device).eval() if n is not None else None for n in (G, D, E)]

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 from torch.utils.checkpoint import checkpoint
 
+from ccfpse.nn.label_conv import LabelMap, label_conv
 from ccfpse.ops import cond_depthwise_conv2d
 
 LRELU_SLOPE = 0.2
@@ -55,8 +56,9 @@ class SPADE(nn.Module):
         self.gamma = nn.Conv2d(hidden, norm_nc, 3, padding=1)
         self.beta = nn.Conv2d(hidden, norm_nc, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        actv = F.relu(self.shared(cond))
+    def forward(self, x: torch.Tensor, labels: LabelMap, feats: torch.Tensor | None = None) -> torch.Tensor:
+        """Conditioned on concat(labels, feats)."""
+        actv = F.relu(label_conv(self.shared.weight, self.shared.bias, labels, feats))
         return self.param_free_norm(x) * (1 + self.gamma(actv)) + self.beta(actv)
 
 
@@ -99,9 +101,11 @@ class CondConvBlock(nn.Module):
             return checkpoint(self._kernel_conv, predictor, x, hidden, use_reentrant=False)
         return self._kernel_conv(predictor, x, hidden)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        shortcut = self.conv_s(self.norm_s(x, cond)) if self.learned_shortcut else x
-        h_kernels_1, h_kernels_2, h_gate_1, h_gate_2 = F.relu(self.predictor_in(cond)).chunk(4, dim=1)
+    def forward(self, x: torch.Tensor, labels: LabelMap, feats: torch.Tensor) -> torch.Tensor:
+        """Conditioned on concat(labels, feats): the label map and the pyramid's features."""
+        shortcut = self.conv_s(self.norm_s(x, labels, feats)) if self.learned_shortcut else x
+        hidden = label_conv(self.predictor_in.weight, self.predictor_in.bias, labels, feats).relu_()
+        h_kernels_1, h_kernels_2, h_gate_1, h_gate_2 = hidden.chunk(4, dim=1)
         dx = self._apply_kernels(self.kernels_1, self.norm_1(x), h_kernels_1)
         dx = F.leaky_relu(self.conv_1(dx) * torch.sigmoid(self.gate_1(h_gate_1)), LRELU_SLOPE)
         dx = self._apply_kernels(self.kernels_2, self.norm_2(dx), h_kernels_2)

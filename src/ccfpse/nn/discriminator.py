@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ccfpse.nn.blocks import ConvUnit, init_weights
+from ccfpse.nn.label_conv import LabelMap, label_conv
 
 ENCODER_CHANNELS = (1, 2, 4, 8, 8)  # multipliers of ndf for enc1..enc5
 
@@ -19,8 +20,10 @@ class FPSEDiscriminator(nn.Module):
     """Bottom-up encoder, top-down pathway with laterals, and at 1/4, 1/8 and 1/16 a score =
     real/fake logit + inner product of a label-map embedding with projected image features."""
 
-    def __init__(self, semantic_nc: int, ndf: int = 64, image_nc: int = 3) -> None:
+    def __init__(self, semantic_nc: int, ndf: int = 64, image_nc: int = 3, label_channels: int | None = None) -> None:
+        """``label_channels``: how many leading channels of the label input are one-hot (default all)."""
         super().__init__()
+        self.label_channels = semantic_nc if label_channels is None else label_channels
         widths = [image_nc] + [m * ndf for m in ENCODER_CHANNELS]
         self.down = nn.ModuleList(
             ConvUnit(cin, cout, 3, stride=2, norm="instance") for cin, cout in zip(widths[:-1], widths[1:])
@@ -49,7 +52,8 @@ class FPSEDiscriminator(nn.Module):
         t3 = upsample2x_bilinear(t4) + lat3(f3)
         t2 = upsample2x_bilinear(t3) + lat2(f2)
 
-        embedding = self.embedding(semantics)
+        labels = LabelMap(semantics, self.label_channels)
+        embedding = label_conv(self.embedding.weight, self.embedding.bias, labels)
         embeddings = []
         for _ in range(4):  # 1/2, 1/4, 1/8, 1/16
             embedding = F.avg_pool2d(embedding, kernel_size=2, stride=2)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from ccfpse.config import ModelConfig, latent_grid
 from ccfpse.nn.blocks import LRELU_SLOPE, CondConvBlock, ConvUnit, init_weights
+from ccfpse.nn.label_conv import LabelMap, label_conv
 
 # Channel multipliers of ngf for the seven blocks' inputs and outputs:
 # head_0, G_middle_0, G_middle_1, up_0, up_1, up_2, up_3.
@@ -39,12 +40,12 @@ class LabelPyramid(nn.Module):
         self.lateral = nn.ModuleList([ConvUnit(nf, nf, 1) for _ in range(num_levels - 1)])
         self.decode = nn.ModuleList([ConvUnit(nf, nf, 3) for _ in range(num_levels - 1)])
 
-    def forward(self, semantics: torch.Tensor) -> list[torch.Tensor]:
-        bottom_up = []
-        h = semantics
-        for layer in self.down:
-            h = layer(h)
-            bottom_up.append(h)
+    def forward(self, labels: LabelMap) -> list[torch.Tensor]:
+        first = self.down[0]
+        h = first.norm(label_conv(first.conv.weight, None, labels))
+        bottom_up = [F.leaky_relu(h, LRELU_SLOPE)]
+        for layer in self.down[1:]:
+            bottom_up.append(layer(bottom_up[-1]))
         top_down = [bottom_up[-1]]
         for lateral, decode, skip in zip(self.lateral, self.decode, reversed(bottom_up[:-1])):
             top_down.append(decode(upsample2x(top_down[-1]) + lateral(skip)))
@@ -62,9 +63,13 @@ class CCFPSEGenerator(nn.Module):
         z_dim: int = 256,
         num_upsampling_layers: str = "normal",
         predictor_hidden: int = 128,
+        label_channels: int | None = None,
     ) -> None:
+        """``label_channels``: how many leading channels of the input are a one-hot label map
+        (the rest, e.g. instance edges, are not); default all."""
         super().__init__()
         self.semantic_nc, self.ngf, self.use_vae, self.z_dim = semantic_nc, ngf, use_vae, z_dim
+        self.label_channels = semantic_nc if label_channels is None else label_channels
         self.latent_size = latent_grid(crop_size, aspect_ratio, num_upsampling_layers)
         sh, sw = self.latent_size
         if use_vae:
@@ -84,7 +89,7 @@ class CCFPSEGenerator(nn.Module):
     def from_config(cls, cfg: ModelConfig) -> "CCFPSEGenerator":
         return cls(
             cfg.semantic_nc, cfg.ngf, cfg.crop_size, cfg.aspect_ratio, cfg.use_vae, cfg.z_dim,
-            cfg.num_upsampling_layers, cfg.predictor_hidden,
+            cfg.num_upsampling_layers, cfg.predictor_hidden, cfg.num_label_channels,
         )
 
     def set_checkpointing(self, enabled: bool) -> None:
@@ -107,13 +112,14 @@ class CCFPSEGenerator(nn.Module):
         else:
             x = self.fc(F.interpolate(semantics, size=(sh, sw), mode="nearest"))
 
-        pyramid = self.pyramid(semantics)
-        labels = {tuple(semantics.shape[2:]): semantics}  # the label map at each block's size
+        full = LabelMap(semantics, self.label_channels)
+        pyramid = self.pyramid(full)
+        labels = {full.shape: full}  # the label map at each block's size
         for block, (level, upsample) in zip(self.blocks, self.schedule):
             if upsample:
                 x = upsample2x(x)
             size = tuple(x.shape[2:])
             if size not in labels:
-                labels[size] = F.interpolate(semantics, size=size, mode="nearest")
-            x = block(x, torch.cat([labels[size], pyramid[level]], dim=1))
+                labels[size] = full.resized(size)
+            x = block(x, labels[size], pyramid[level])
         return torch.tanh(self.conv_img(F.leaky_relu(x, LRELU_SLOPE)))

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader
 
 from ccfpse.config import Config, ConfigError
@@ -29,6 +30,7 @@ from ccfpse.train.distributed import (
 from ccfpse.train.losses import (
     VGGLoss, d_hinge_loss, feature_matching_loss, g_hinge_loss, kld_loss, load_vgg19_features,
 )
+from ccfpse.train.optim import Adam
 from ccfpse.train.sampler import ResumableSampler, SeededSamples
 
 
@@ -170,9 +172,12 @@ def train(cfg: Config, run_dir: str | Path, device: str | None = None, progress:
         vgg = VGGLoss(load_vgg19_features(t.vgg_weights)).to(device_)
 
     lr_g, lr_d = learning_rates(cfg, 0)
-    opt_G = torch.optim.Adam(generator.parameters(), lr=lr_g, betas=(t.beta1, t.beta2))
-    opt_D = torch.optim.Adam(D.parameters(), lr=lr_d, betas=(t.beta1, t.beta2))
     fp16 = t.precision == "fp16"
+    # Update each parameter during backward and free its gradient at once (saves memory), except
+    # where all gradients must exist before the step: DDP's all-reduce and fp16's grad scaler.
+    in_backward = not dist_info.enabled and not fp16
+    opt_G = Adam(generator.parameters(), lr=lr_g, betas=(t.beta1, t.beta2), step_in_backward=in_backward)
+    opt_D = Adam(D.parameters(), lr=lr_d, betas=(t.beta1, t.beta2), step_in_backward=in_backward)
     scaler_G = torch.amp.GradScaler(device_.type, enabled=fp16)
     scaler_D = torch.amp.GradScaler(device_.type, enabled=fp16)
 
@@ -282,12 +287,15 @@ def train(cfg: Config, run_dir: str | Path, device: str | None = None, progress:
                 D_plain = unwrap(D).requires_grad_(False)  # no D gradients, no DDP sync for D here
                 with autocast:
                     fake, mu, logvar = generator(semantics, real)
-                    feats, preds = D_plain(torch.cat([fake, real]), torch.cat([semantics, semantics]))
-                    preds_fake = [p[: len(fake)] for p in preds]
+                    # D sees fake and real as the release's one call on their concatenation would
+                    # (per-sample InstanceNorm, one spectral-norm power iteration for both), but
+                    # the real half, only a feature-matching target, keeps no graph.
+                    with parametrize.cached():
+                        feats_fake, preds_fake = D_plain(fake, semantics)
+                        with torch.no_grad():
+                            feats_real, _ = D_plain(real, semantics)
                     losses = {"G_gan": g_hinge_loss(preds_fake)}
                     if not t.no_ganfeat_loss:
-                        feats_fake = [f[: len(fake)] for f in feats]
-                        feats_real = [f[len(fake):] for f in feats]
                         losses["G_feat"] = t.lambda_feat * feature_matching_loss(feats_fake, feats_real)
                     if vgg is not None:
                         losses["G_vgg"] = t.lambda_vgg * vgg(fake.float(), real)

@@ -1,0 +1,84 @@
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from ccfpse.train.optim import Adam
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1))
+
+
+def _loss(model: nn.Module, i: int) -> torch.Tensor:
+    x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(i))
+    return model(x).square().mean()
+
+
+def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: range) -> None:
+    for i in steps:
+        opt.zero_grad(set_to_none=True)
+        _loss(model, i).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("betas", [(0.0, 0.9), (0.5, 0.999)])
+@pytest.mark.parametrize("in_backward", [False, True])
+def test_same_updates_as_torch_adam(betas, in_backward):
+    ref, ours = _model(), _model()
+    _train(ref, torch.optim.Adam(ref.parameters(), lr=1e-2, betas=betas), range(4))
+    _train(ours, Adam(ours.parameters(), lr=1e-2, betas=betas, step_in_backward=in_backward), range(4))
+    for a, b in zip(ref.parameters(), ours.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_beta1_zero_keeps_no_first_moment_and_in_backward_frees_gradients():
+    model = _model()
+    opt = Adam(model.parameters(), lr=1e-3, betas=(0.0, 0.9), step_in_backward=True)
+    before = [p.detach().clone() for p in model.parameters()]
+    _loss(model, 0).backward()
+    assert all(p.grad is None for p in model.parameters())
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert all(set(s) == {"step", "exp_avg_sq"} for s in opt.state.values())
+
+
+def test_resumes_from_a_torch_adam_state_dict():
+    ref = _model()
+    ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-2, betas=(0.0, 0.9))
+    _train(ref, ref_opt, range(2))
+    ours = copy.deepcopy(ref)
+    ours_opt = Adam(ours.parameters(), lr=1e-2, betas=(0.0, 0.9), step_in_backward=True)
+    ours_opt.load_state_dict(copy.deepcopy(ref_opt.state_dict()))  # as if read from a file
+    _train(ref, ref_opt, range(2, 4))
+    _train(ours, ours_opt, range(2, 4))
+    for a, b in zip(ref.parameters(), ours.parameters()):
+        assert torch.equal(a, b)
+    # And our own state dict round-trips.
+    again = copy.deepcopy(ours)
+    again_opt = Adam(again.parameters(), lr=1e-2, betas=(0.0, 0.9))
+    again_opt.load_state_dict(copy.deepcopy(ours_opt.state_dict()))
+    _train(ours, ours_opt, range(4, 5))
+    _train(again, again_opt, range(4, 5))
+    for a, b in zip(ours.parameters(), again.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_rejects_bad_betas():
+    with pytest.raises(ValueError, match="betas"):
+        Adam(_model().parameters(), betas=(1.0, 0.9))
+
+
+def test_in_backward_follows_learning_rate_changes_after_loading_a_state_dict():
+    ref, ours = _model(), _model()
+    ref_opt = Adam(ref.parameters(), lr=1e-2, betas=(0.0, 0.9))
+    ours_opt = Adam(ours.parameters(), lr=1e-2, betas=(0.0, 0.9), step_in_backward=True)
+    ours_opt.load_state_dict(copy.deepcopy(ours_opt.state_dict()))
+    for opt in (ref_opt, ours_opt):
+        for group in opt.param_groups:
+            group["lr"] = 5e-2
+    _train(ref, ref_opt, range(2))
+    _train(ours, ours_opt, range(2))
+    for a, b in zip(ref.parameters(), ours.parameters()):
+        assert torch.equal(a, b)
