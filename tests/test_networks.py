@@ -114,19 +114,26 @@ def test_gradients_reach_every_parameter(use_vae):
         _assert_all_params_have_grad(E, "E")
 
 
-def test_kernel_checkpointing_gives_identical_gradients():
+def test_checkpointing_gives_identical_gradients_and_statistics(monkeypatch):
+    import ccfpse.ops
+
+    monkeypatch.setattr(ccfpse.ops, "STRIP_BYTES", 4096)  # many strips even at this size
     cfg = tiny("ade20k", **{"model.use_vae": False})
     torch.manual_seed(0)
     G0 = CCFPSEGenerator.from_config(cfg)
     seg = random_semantics(cfg)
-    grads = []
+    grads, states = [], []
     for enabled in (False, True):
         G = copy.deepcopy(G0)  # spectral norm's power iteration changes u, v at every forward
         G.set_checkpointing(enabled)
         G(seg).square().mean().backward()
         grads.append({n: p.grad.clone() for n, p in G.named_parameters()})
+        states.append(G.state_dict())
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)
+    # The recomputation in backward leaves BatchNorm statistics and spectral-norm vectors alone.
+    for name in states[0]:
+        torch.testing.assert_close(states[0][name], states[1][name], msg=name)
 
 
 def test_networks_follow_the_input_device_and_dtype():

@@ -236,3 +236,139 @@ def test_under_activation_checkpointing(path):
     got = _value_and_grads(lambda a, b: checkpoint(PATHS[path], a, b * 1.0, use_reentrant=False), x, w, g)
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, **F64)
+
+
+# --- predict_and_apply_kernels ------------------------------------------------------------------
+
+STRIP_SHAPE = (2, 3, 4, 7, 5)  # N, C, Ch, H, W: odd H and W
+# strip_rows: 1 row, 2 and 3 (do not divide H = 7), 7 and 50 (one strip), None (default: one strip).
+STRIP_ROWS = [1, 2, 3, 7, 50, None]
+
+
+def _predict_inputs(shape=STRIP_SHAPE, bias=True, dtype=torch.float64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    n, c, ch, h, w = shape
+    x = torch.randn((n, c, h, w), generator=gen, dtype=dtype).requires_grad_()
+    hidden = torch.randn((n, ch, h, w), generator=gen, dtype=dtype).requires_grad_()
+    weight = torch.randn((9 * c, ch, 3, 3), generator=gen, dtype=dtype).requires_grad_()
+    b = torch.randn(9 * c, generator=gen, dtype=dtype).requires_grad_() if bias else None
+    g = torch.randn((n, c, h, w), generator=gen, dtype=dtype)
+    return (x, hidden, weight, b), g
+
+
+def _dense(x, hidden, weight, bias):
+    return cond_depthwise_conv2d(x, F.conv2d(hidden, weight, bias, padding=1))
+
+
+def _strips(rows):
+    return lambda *args: ops.predict_and_apply_kernels(*args, strip_rows=rows)
+
+
+def _outputs_and_grads(fn, args, g):
+    y = fn(*args)
+    wrt = [t for t in args if t is not None and t.requires_grad]
+    return (y, *torch.autograd.grad(y, wrt, g))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("rows", STRIP_ROWS)
+def test_predict_and_apply_kernels_matches_dense(rows, bias):
+    args, g = _predict_inputs(bias=bias)
+    got = _outputs_and_grads(_strips(rows), args, g)
+    ref = _outputs_and_grads(_dense, args, g)
+    assert len(got) == len(ref) == (5 if bias else 4)  # value; grads of x, hidden, weight (, bias)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_predict_and_apply_kernels_default_strips(monkeypatch):
+    # A small budget so that the default strip height gives several strips: 2 rows here.
+    n, c, _, _, w = STRIP_SHAPE
+    monkeypatch.setattr(ops, "STRIP_BYTES", 2 * n * 9 * c * w * 4 + 3)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-4)):
+        args, g = _predict_inputs(dtype=dtype)
+        calls = []
+        real = ops._strip
+        monkeypatch.setattr(ops, "_strip", lambda *a: calls.append(a[0].shape[2]) or real(*a))
+        got = _outputs_and_grads(ops.predict_and_apply_kernels, args, g)
+        monkeypatch.setattr(ops, "_strip", real)
+        if dtype == torch.float32:  # 4 strips of at most 2 rows (plus halo), forward and backward
+            assert calls == [3, 4, 4, 2] * 2
+        else:  # float64: 1 row per strip
+            assert len(calls) == 14 and max(calls) == 3
+        for a, b in zip(got, _outputs_and_grads(_dense, args, g)):
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+def test_predict_and_apply_kernels_gradcheck():
+    args, _ = _predict_inputs((1, 2, 2, 5, 3))
+    assert torch.autograd.gradcheck(_strips(2), args)
+
+
+@pytest.mark.parametrize("needed", [(0,), (1,), (2,), (3,), (1, 2, 3), (0, 2)])
+def test_predict_and_apply_kernels_needs_input_grad(needed):
+    args, g = _predict_inputs()
+    args = tuple(t.detach().requires_grad_(i in needed) for i, t in enumerate(args))
+    got = _outputs_and_grads(_strips(3), args, g)
+    ref = _outputs_and_grads(_dense, args, g)
+    assert len(got) == len(needed) + 1
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_predict_and_apply_kernels_saves_only_inputs_and_no_grad():
+    args, _ = _predict_inputs(dtype=torch.float32)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = ops.predict_and_apply_kernels(*args, strip_rows=2)
+        assert {t.untyped_storage().data_ptr() for t in saved} == {t.untyped_storage().data_ptr() for t in args}
+        saved.clear()
+        with torch.no_grad():
+            y0 = ops.predict_and_apply_kernels(*args, strip_rows=2)
+        assert saved == [] and y0.grad_fn is None and not y0.requires_grad
+    assert y.grad_fn is not None
+    torch.testing.assert_close(y0, _dense(*args).detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_predict_and_apply_kernels_no_double_backward():
+    args, g = _predict_inputs((1, 1, 2, 4, 3))
+    y = ops.predict_and_apply_kernels(*args, strip_rows=2)
+    with pytest.raises(RuntimeError, match="double backward is not supported"):
+        torch.autograd.grad(y, args[0], g, create_graph=True)
+
+
+def test_predict_and_apply_kernels_autocast():
+    args, g = _predict_inputs(dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = _outputs_and_grads(_strips(2), args, g)
+        ref = _outputs_and_grads(_dense, args, g)
+    for a, b in zip(got, ref):
+        assert a.dtype == b.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=0.05, atol=0.5)
+
+
+@pytest.mark.parametrize(
+    "shapes, problem",
+    [
+        (((1, 2, 4, 4), (1, 3, 4, 4), (17, 3, 3, 3), None), "18 output channels"),
+        (((1, 2, 4, 4), (1, 3, 4, 5), (18, 3, 3, 3), None), "spatial sizes"),
+        (((1, 2, 4, 4), (2, 3, 4, 4), (18, 3, 3, 3), None), "batch sizes"),
+        (((1, 2, 4, 4), (1, 3, 4, 4), (18, 2, 3, 3), None), "input channels"),
+        (((1, 2, 4, 4), (1, 3, 4, 4), (18, 3, 1, 1), None), r"3x3 conv weight"),
+        (((1, 2, 4, 4), (1, 3, 4, 4), (18, 3, 3, 3), (9,)), r"bias must have shape"),
+        (((2, 4, 4), (1, 3, 4, 4), (18, 3, 3, 3), None), "4-D"),
+    ],
+)
+def test_predict_and_apply_kernels_bad_shapes(shapes, problem):
+    xs, hs, ws, bs = shapes
+    with pytest.raises(ValueError, match=f"predict_and_apply_kernels: .*{problem}"):
+        ops.predict_and_apply_kernels(
+            torch.zeros(xs), torch.zeros(hs), torch.zeros(ws), None if bs is None else torch.zeros(bs)
+        )
+
+
+@pytest.mark.parametrize("rows", [0, -1, 2.0])
+def test_predict_and_apply_kernels_bad_strip_rows(rows):
+    args = torch.zeros(1, 2, 4, 4), torch.zeros(1, 3, 4, 4), torch.zeros(18, 3, 3, 3), None
+    with pytest.raises(ValueError, match="strip_rows must be a positive int"):
+        ops.predict_and_apply_kernels(*args, strip_rows=rows)

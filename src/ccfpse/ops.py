@@ -11,10 +11,15 @@ saves only ``x`` and ``weight`` and computes both gradients itself:
   that walks image rows once per pass; ``CCFPSE_NO_EXT=1`` disables it;
 - everything else (GPU, MPS, half precision, no compiler): in-place multiply-adds over the nine
   shifted views, a cache-sized block of channels at a time on CPU.
+
+``predict_and_apply_kernels`` fuses the kernel predictor (a 3x3 conv) with
+``cond_depthwise_conv2d`` and works in horizontal strips of rows, so the per-pixel kernel map
+never exists at full size, in forward or in backward.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Optional
@@ -24,7 +29,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["cond_depthwise_conv2d", "cond_depthwise_conv2d_eager", "cond_depthwise_conv2d_unfold"]
+__all__ = [
+    "cond_depthwise_conv2d",
+    "cond_depthwise_conv2d_eager",
+    "cond_depthwise_conv2d_unfold",
+    "predict_and_apply_kernels",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -371,3 +381,182 @@ def cond_depthwise_conv2d_eager(x: Tensor, weight: Tensor) -> Tensor:
     _check(x, weight)
     x, weight = _common_dtype(x, weight)
     return _CondDepthwiseConv2d.apply(x, weight, False)
+
+
+# --- predicted kernels, applied strip by strip ---------------------------------------------------
+# Target size in bytes of one strip's per-pixel kernel map (N, 9*C, rows, W) in
+# ``predict_and_apply_kernels``; a strip has at least one row.
+STRIP_BYTES = 32 * 2**20
+
+
+def _check_predict(x: Tensor, hidden: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
+    def fail(problem: str):
+        shapes = f"x {tuple(x.shape)}, hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)}"
+        shapes += f", bias {None if bias is None else tuple(bias.shape)}"
+        raise ValueError(f"predict_and_apply_kernels: {problem} (got {shapes})")
+
+    if x.dim() != 4 or hidden.dim() != 4:
+        fail("x and hidden must be 4-D (N, C, H, W) and (N, Ch, H, W)")
+    n, c, h, w = x.shape
+    if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3):
+        fail("weight must be a 3x3 conv weight of shape (9*C, Ch, 3, 3)")
+    if weight.shape[0] != 9 * c:
+        fail(f"weight must have 9*C = {9 * c} output channels for x with C = {c}, not {weight.shape[0]}")
+    if weight.shape[1] != hidden.shape[1]:
+        fail(f"weight's {weight.shape[1]} input channels differ from hidden's {hidden.shape[1]} channels")
+    if hidden.shape[0] != n:
+        fail(f"batch sizes of x ({n}) and hidden ({hidden.shape[0]}) differ")
+    if tuple(hidden.shape[2:]) != (h, w):
+        fail(f"spatial sizes of x {(h, w)} and hidden {tuple(hidden.shape[2:])} differ")
+    if bias is not None and tuple(bias.shape) != (9 * c,):
+        fail(f"bias must have shape (9*C,) = ({9 * c},)")
+    devices = {t.device for t in (x, hidden, weight, bias) if t is not None}
+    if len(devices) > 1:
+        fail(f"inputs are on different devices {sorted(map(str, devices))}")
+
+
+def _strip_spans(h: int, rows: int):
+    """For each strip of at most ``rows`` output rows: (r0, r1, up, down, halo) where the strip is
+    rows [r0, r1), ``up``/``down`` is 1 when a neighbouring row exists above/below it (0 at the
+    image border) and ``halo`` the slice of rows [r0 - up, r1 + down)."""
+    spans = []
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        up, down = int(r0 > 0), int(r1 < h)
+        spans.append((r0, r1, up, down, slice(r0 - up, r1 + down)))
+    return spans
+
+
+def _strip(xs: Tensor, hs: Tensor, weight: Tensor, bias: Optional[Tensor], up: int, down: int) -> Tensor:
+    """Output rows of one strip from its halo rows ``xs``, ``hs`` (the strip plus ``up``/``down``
+    neighbouring rows). Where the strip touches the border, zero rows stand in for the halo: the
+    zero padding of both convolutions. The whole image (up = down = 0) is the plain computation."""
+    if up == down:  # both halo rows present (conv pads rows with nothing) or none (pads with zeros)
+        kernels = F.conv2d(hs, weight, bias, padding=(1 - up, 1))
+    else:
+        kernels = F.conv2d(F.pad(hs, (0, 0, 1 - up, 1 - down)), weight, bias, padding=(0, 1))
+    if not (up or down):
+        return cond_depthwise_conv2d(xs, kernels)
+    # Zero kernels on the halo rows: their outputs are dropped, the rows serve only as x's taps.
+    kernels = F.pad(kernels, (0, 0, up, down))
+    out = cond_depthwise_conv2d(xs, kernels)
+    return out[:, :, up : out.shape[2] - down]
+
+
+def _strips_forward(x: Tensor, hidden: Tensor, weight: Tensor, bias: Optional[Tensor], rows: int) -> Tensor:
+    n, c, h, w = x.shape
+    if rows >= h:
+        return _strip(x, hidden, weight, bias, 0, 0)
+    out = None
+    for r0, r1, up, down, halo in _strip_spans(h, rows):
+        part = _strip(x[:, :, halo], hidden[:, :, halo], weight, bias, up, down)
+        if out is None:  # dtype as computed (promoted, or under autocast)
+            out = part.new_empty((n, c, h, w))
+        out[:, :, r0:r1] = part
+    return out
+
+
+def _autocast_state(device_type: str):
+    try:
+        if torch.is_autocast_enabled(device_type):
+            return device_type, torch.get_autocast_dtype(device_type)
+    except (RuntimeError, TypeError, ValueError):  # a device type autocast does not know
+        pass
+    return None
+
+
+class _PredictAndApplyKernels(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, hidden: Tensor, weight: Tensor, bias: Optional[Tensor], rows: int) -> Tensor:
+        ctx.save_for_backward(x, hidden, weight, bias)
+        ctx.rows = rows
+        # Backward recomputes the kernels: under the same autocast state, like torch.amp.custom_bwd.
+        ctx.autocast = _autocast_state(x.device.type)
+        return _strips_forward(x, hidden, weight, bias, rows)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        # Grad mode is on in backward only with create_graph=True. (``once_differentiable`` would
+        # raise only once the gradients are differentiated, and not at all when the incoming
+        # gradient is a constant: then they would silently lack this op's second-order terms.)
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "predict_and_apply_kernels: double backward is not supported (backward ran with "
+                "create_graph=True)"
+            )
+        x, hidden, weight, bias = ctx.saved_tensors
+        need_x, need_h, need_w, need_b = ctx.needs_input_grad[:4]
+        need_b = need_b and bias is not None
+        h = x.shape[2]
+        single = ctx.rows >= h  # one strip, no halo: the gradients are the strip's own
+        gx = torch.zeros_like(x) if need_x and not single else None
+        gh = torch.zeros_like(hidden) if need_h and not single else None
+        gw = gb = None
+        w_ = weight.detach().requires_grad_(need_w)
+        b_ = bias.detach().requires_grad_(need_b) if bias is not None else None
+        amp = torch.autocast(*ctx.autocast) if ctx.autocast else contextlib.nullcontext()
+        spans = [(0, h, 0, 0, slice(0, h))] if single else _strip_spans(h, ctx.rows)
+        for r0, r1, up, down, halo in spans:
+            with torch.enable_grad(), amp:
+                xs = x[:, :, halo].detach().requires_grad_(need_x)
+                hs = hidden[:, :, halo].detach().requires_grad_(need_h)
+                inputs = [t for t in (xs, hs, w_, b_) if t is not None and t.requires_grad]
+                out = _strip(xs, hs, w_, b_, up, down)
+            grads = iter(torch.autograd.grad(out, inputs, grad[:, :, r0:r1]))
+            del out
+            if single:
+                gx = next(grads) if need_x else None
+                gh = next(grads) if need_h else None
+            else:  # halo rows overlap the neighbouring strips: add
+                if need_x:
+                    gx[:, :, halo] += next(grads)
+                if need_h:
+                    gh[:, :, halo] += next(grads)
+            if need_w:  # one buffer: the first strip's gradient, the others added into it
+                g = next(grads)
+                gw = g if gw is None else gw.add_(g)
+            if need_b:
+                g = next(grads)
+                gb = g if gb is None else gb.add_(g)
+        return gx, gh, gw, gb, None
+
+
+def predict_and_apply_kernels(
+    x: Tensor, hidden: Tensor, weight: Tensor, bias: Optional[Tensor], *, strip_rows: Optional[int] = None
+) -> Tensor:
+    """``cond_depthwise_conv2d(x, F.conv2d(hidden, weight, bias, padding=1))`` without ever holding
+    the full (N, 9*C, H, W) per-pixel kernel map: computed in horizontal strips of rows, in forward
+    and in backward.
+
+    x: (N, C, H, W); hidden: (N, Ch, H, W), the kernel predictor's input; weight: (9*C, Ch, 3, 3)
+    and bias: (9*C,) or None, the predictor conv's parameters (kernel channel ``c*9 + i*3 + j`` is
+    tap (i, j) of channel c, as ``cond_depthwise_conv2d`` reads them).
+
+    Output rows [r0, r1) need hidden and x rows [r0-1, r1+1) only: each strip is computed from that
+    halo, with zero rows where the halo leaves the image (the zero padding of both convs). A strip
+    holds ``strip_rows`` rows (default: as many as keep its kernel map near ``STRIP_BYTES``, at
+    least one); when the whole map fits in one strip, the plain single-shot computation runs.
+
+    Autograd saves only x, hidden, weight and bias; backward recomputes each strip's kernels (under
+    the forward's autocast state) and back-propagates through that strip only, adding the halo rows'
+    gradients into the neighbouring rows; only the gradients in ``needs_input_grad`` are computed.
+    Without grad mode (or when no input requires grad) only the strip forward runs.
+
+    Values equal the dense computation up to rounding: each strip's conv may sum in another order,
+    and the weight and bias gradients are summed strip by strip. First-order only: double backward
+    is not supported; a backward pass through this op with ``create_graph=True`` raises a
+    RuntimeError.
+    """
+    _check_predict(x, hidden, weight, bias)
+    if strip_rows is None:
+        n, c, _, w = x.shape
+        itemsize = max(t.element_size() for t in (x, hidden, weight))
+        rows = max(1, STRIP_BYTES // max(1, n * 9 * c * w * itemsize))
+    elif isinstance(strip_rows, bool) or not isinstance(strip_rows, int) or strip_rows < 1:
+        raise ValueError(f"predict_and_apply_kernels: strip_rows must be a positive int, got {strip_rows!r}")
+    else:
+        rows = strip_rows
+    tensors = (x, hidden, weight) if bias is None else (x, hidden, weight, bias)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return _PredictAndApplyKernels.apply(x, hidden, weight, bias, rows)
+    return _strips_forward(x, hidden, weight, bias, rows)

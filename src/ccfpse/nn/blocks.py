@@ -9,7 +9,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from torch.utils.checkpoint import checkpoint
 
 from ccfpse.nn.label_conv import LabelMap, label_conv
-from ccfpse.ops import cond_depthwise_conv2d
+from ccfpse.ops import cond_depthwise_conv2d, predict_and_apply_kernels
 
 LRELU_SLOPE = 0.2
 
@@ -89,28 +89,49 @@ class CondConvBlock(nn.Module):
         if self.learned_shortcut:
             self.norm_s = SPADE(fin, cond_nc, hidden)
             self.conv_s = spectral_norm(nn.Conv2d(fin, fout, 1, bias=False))
-        # Recompute the per-pixel kernels in backward instead of keeping them (large crops).
-        self.checkpoint_kernels = False
-
-    def _kernel_conv(self, predictor: nn.Conv2d, x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        return cond_depthwise_conv2d(x, predictor(hidden))
+        # Memory saving for large crops: recompute the residual branch in backward, and never
+        # hold a whole per-pixel kernel map (see ``forward``).
+        self.checkpoint = False
 
     def _apply_kernels(self, predictor: nn.Conv2d, x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        if self.checkpoint_kernels and torch.is_grad_enabled():
-            # The (fin*9)-channel kernel maps dominate memory; recompute them in backward.
-            return checkpoint(self._kernel_conv, predictor, x, hidden, use_reentrant=False)
-        return self._kernel_conv(predictor, x, hidden)
+        if self.checkpoint:
+            return predict_and_apply_kernels(x, hidden, predictor.weight, predictor.bias)
+        return cond_depthwise_conv2d(x, predictor(hidden))
+
+    def _residual(self, x: torch.Tensor, labels: LabelMap, feats: torch.Tensor, recomputing: bool) -> torch.Tensor:
+        hidden = label_conv(self.predictor_in.weight, self.predictor_in.bias, labels, feats).relu_()
+        h_kernels_1, h_kernels_2, h_gate_1, h_gate_2 = hidden.chunk(4, dim=1)
+        dx = self._apply_kernels(self.kernels_1, _batch_norm(self.norm_1, x, recomputing), h_kernels_1)
+        dx = F.leaky_relu(self.conv_1(dx) * torch.sigmoid(self.gate_1(h_gate_1)), LRELU_SLOPE)
+        dx = self._apply_kernels(self.kernels_2, _batch_norm(self.norm_2, dx, recomputing), h_kernels_2)
+        return F.leaky_relu(self.conv_3(dx) * torch.sigmoid(self.gate_2(h_gate_2)), LRELU_SLOPE)
 
     def forward(self, x: torch.Tensor, labels: LabelMap, feats: torch.Tensor) -> torch.Tensor:
         """Conditioned on concat(labels, feats): the label map and the pyramid's features."""
         shortcut = self.conv_s(self.norm_s(x, labels, feats)) if self.learned_shortcut else x
-        hidden = label_conv(self.predictor_in.weight, self.predictor_in.bias, labels, feats).relu_()
-        h_kernels_1, h_kernels_2, h_gate_1, h_gate_2 = hidden.chunk(4, dim=1)
-        dx = self._apply_kernels(self.kernels_1, self.norm_1(x), h_kernels_1)
-        dx = F.leaky_relu(self.conv_1(dx) * torch.sigmoid(self.gate_1(h_gate_1)), LRELU_SLOPE)
-        dx = self._apply_kernels(self.kernels_2, self.norm_2(dx), h_kernels_2)
-        dx = F.leaky_relu(self.conv_3(dx) * torch.sigmoid(self.gate_2(h_gate_2)), LRELU_SLOPE)
-        return shortcut + dx
+        if not (self.checkpoint and torch.is_grad_enabled()):
+            return shortcut + self._residual(x, labels, feats, recomputing=False)
+        calls = []
+
+        def residual(x: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+            calls.append(None)  # the first call is the forward pass, later ones recompute it
+            return self._residual(x, labels, feats, recomputing=len(calls) > 1)
+
+        return shortcut + checkpoint(residual, x, feats, use_reentrant=False)
+
+
+def _batch_norm(norm: nn.Module, x: torch.Tensor, recomputing: bool) -> torch.Tensor:
+    """``norm(x)``; when recomputing a checkpointed forward, without updating the running
+    statistics a second time (momentum 0 leaves them as they are; works for SyncBatchNorm too)."""
+    if not recomputing or not norm.training:
+        return norm(x)
+    momentum, tracked = norm.momentum, norm.num_batches_tracked.clone()
+    norm.momentum = 0.0
+    try:
+        return norm(x)
+    finally:
+        norm.momentum = momentum
+        norm.num_batches_tracked.copy_(tracked)
 
 
 def init_weights(module: nn.Module, gain: float = 0.02) -> None:

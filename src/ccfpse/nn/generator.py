@@ -95,7 +95,7 @@ class CCFPSEGenerator(nn.Module):
     def set_checkpointing(self, enabled: bool) -> None:
         """Recompute the per-pixel kernels in backward (saves most activation memory)."""
         for block in self.blocks:
-            block.checkpoint_kernels = enabled
+            block.checkpoint = enabled
 
     def forward(self, semantics: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """semantics: (N, semantic_nc, H, W) one-hot [+ instance edges]; z: (N, z_dim) or None."""
