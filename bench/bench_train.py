@@ -53,6 +53,7 @@ from ccfpse import compat  # noqa: E402
 from ccfpse.config import ModelConfig  # noqa: E402
 from ccfpse.nn import build_networks, reparameterize  # noqa: E402
 from ccfpse.train.losses import d_hinge_loss, feature_matching_loss, g_hinge_loss, kld_loss  # noqa: E402
+from ccfpse.train.memory import return_large_blocks_to_os  # noqa: E402
 from ccfpse.train.optim import Adam  # noqa: E402
 
 LAMBDA_FEAT, LAMBDA_KLD = 10.0, 0.05
@@ -237,8 +238,9 @@ def param_bytes(*nets) -> int:
 def run(args) -> dict:
     cfg = model_config(args)
     G, D, E = build(args.impl, cfg)
-    if args.checkpointing:
+    if args.checkpointing:  # what --checkpoint-activations does
         G.set_checkpointing(True)
+        return_large_blocks_to_os()
     trainer = Trainer(G, D, E, args.impl == "official", args.d_grads_in_g_step)
     semantics, real = make_batch(args.batch, args.size, cfg.semantic_nc)
     rss_setup = current_rss_gib()
@@ -424,7 +426,7 @@ def main() -> None:
     p.add_argument("--ndf", type=int, default=None, help="default: ngf")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--steps", type=int, default=None, help="timed steps after one warm-up (default 3)")
-    p.add_argument("--checkpointing", action="store_true", help="G.set_checkpointing(True) (ours)")
+    p.add_argument("--checkpointing", action="store_true", help="ours: as ccfpse train --checkpoint-activations")
     p.add_argument("--d-grads-in-g-step", action="store_true",
                    help="keep D trainable during the G step (the release's trainer; grads discarded)")
     p.add_argument("--threads", type=int, default=2)

@@ -150,3 +150,20 @@ def test_yaml_presets_match_the_built_in_presets():
 
     for name in PRESETS:
         assert Config.load(ROOT / "configs" / f"{name}.yaml").to_dict() == preset(name).to_dict(), name
+
+
+def test_checkpointing_under_bf16_autocast_recomputes_in_bf16():
+    cfg = tiny("ade20k", **{"model.use_vae": False})
+    torch.manual_seed(0)
+    G0 = CCFPSEGenerator.from_config(cfg)
+    seg = random_semantics(cfg)
+    grads = []
+    for enabled in (False, True):
+        G = copy.deepcopy(G0)
+        G.set_checkpointing(enabled)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = G(seg)
+        assert out.dtype == torch.bfloat16
+        out.float().square().mean().backward()
+        grads.append(G.blocks[-1].kernels_1.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])

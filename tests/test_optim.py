@@ -82,3 +82,16 @@ def test_in_backward_follows_learning_rate_changes_after_loading_a_state_dict():
     _train(ours, ours_opt, range(2))
     for a, b in zip(ref.parameters(), ours.parameters()):
         assert torch.equal(a, b)
+
+
+def test_large_blocks_go_back_to_the_os_on_glibc():
+    import platform
+    import sys
+
+    from ccfpse.train.memory import return_large_blocks_to_os
+
+    ok = return_large_blocks_to_os()
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert ok
+    else:
+        assert ok is False

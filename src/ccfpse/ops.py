@@ -385,8 +385,9 @@ def cond_depthwise_conv2d_eager(x: Tensor, weight: Tensor) -> Tensor:
 
 # --- predicted kernels, applied strip by strip ---------------------------------------------------
 # Target size in bytes of one strip's per-pixel kernel map (N, 9*C, rows, W) in
-# ``predict_and_apply_kernels``; a strip has at least one row.
-STRIP_BYTES = 32 * 2**20
+# ``predict_and_apply_kernels``; a strip has at least one row. Kept below the mmap threshold that
+# --checkpoint-activations sets (16 MiB), so strips reuse heap memory instead of faulting pages in.
+STRIP_BYTES = 8 * 2**20
 
 
 def _check_predict(x: Tensor, hidden: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
@@ -456,7 +457,8 @@ def _strips_forward(x: Tensor, hidden: Tensor, weight: Tensor, bias: Optional[Te
     return out
 
 
-def _autocast_state(device_type: str):
+def autocast_state(device_type: str):
+    """(device_type, dtype) of the autocast region we are in, else None (to recompute under it)."""
     try:
         if torch.is_autocast_enabled(device_type):
             return device_type, torch.get_autocast_dtype(device_type)
@@ -471,7 +473,7 @@ class _PredictAndApplyKernels(torch.autograd.Function):
         ctx.save_for_backward(x, hidden, weight, bias)
         ctx.rows = rows
         # Backward recomputes the kernels: under the same autocast state, like torch.amp.custom_bwd.
-        ctx.autocast = _autocast_state(x.device.type)
+        ctx.autocast = autocast_state(x.device.type)
         return _strips_forward(x, hidden, weight, bias, rows)
 
     @staticmethod

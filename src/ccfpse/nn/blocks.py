@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
-from torch.utils.checkpoint import checkpoint
 
 from ccfpse.nn.label_conv import LabelMap, label_conv
-from ccfpse.ops import cond_depthwise_conv2d, predict_and_apply_kernels
+from ccfpse.ops import autocast_state, cond_depthwise_conv2d, predict_and_apply_kernels
 
 LRELU_SLOPE = 0.2
 
@@ -56,10 +57,11 @@ class SPADE(nn.Module):
         self.gamma = nn.Conv2d(hidden, norm_nc, 3, padding=1)
         self.beta = nn.Conv2d(hidden, norm_nc, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, labels: LabelMap, feats: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, labels: LabelMap, feats: torch.Tensor | None = None,
+                recomputing: bool = False) -> torch.Tensor:
         """Conditioned on concat(labels, feats)."""
         actv = F.relu(label_conv(self.shared.weight, self.shared.bias, labels, feats))
-        return self.param_free_norm(x) * (1 + self.gamma(actv)) + self.beta(actv)
+        return _batch_norm(self.param_free_norm, x, recomputing) * (1 + self.gamma(actv)) + self.beta(actv)
 
 
 class CondConvBlock(nn.Module):
@@ -98,26 +100,62 @@ class CondConvBlock(nn.Module):
             return predict_and_apply_kernels(x, hidden, predictor.weight, predictor.bias)
         return cond_depthwise_conv2d(x, predictor(hidden))
 
-    def _residual(self, x: torch.Tensor, labels: LabelMap, feats: torch.Tensor, recomputing: bool) -> torch.Tensor:
+    def _body(self, x: torch.Tensor, labels: LabelMap, feats: torch.Tensor, shortcut_weight: torch.Tensor | None,
+              recomputing: bool) -> torch.Tensor:
+        """shortcut + residual; ``shortcut_weight`` is conv_s's spectrally normalised weight."""
+        if self.learned_shortcut:
+            shortcut = F.conv2d(self.norm_s(x, labels, feats, recomputing), shortcut_weight)
+        else:
+            shortcut = x
         hidden = label_conv(self.predictor_in.weight, self.predictor_in.bias, labels, feats).relu_()
         h_kernels_1, h_kernels_2, h_gate_1, h_gate_2 = hidden.chunk(4, dim=1)
         dx = self._apply_kernels(self.kernels_1, _batch_norm(self.norm_1, x, recomputing), h_kernels_1)
         dx = F.leaky_relu(self.conv_1(dx) * torch.sigmoid(self.gate_1(h_gate_1)), LRELU_SLOPE)
         dx = self._apply_kernels(self.kernels_2, _batch_norm(self.norm_2, dx, recomputing), h_kernels_2)
-        return F.leaky_relu(self.conv_3(dx) * torch.sigmoid(self.gate_2(h_gate_2)), LRELU_SLOPE)
+        return shortcut + F.leaky_relu(self.conv_3(dx) * torch.sigmoid(self.gate_2(h_gate_2)), LRELU_SLOPE)
 
     def forward(self, x: torch.Tensor, labels: LabelMap, feats: torch.Tensor) -> torch.Tensor:
         """Conditioned on concat(labels, feats): the label map and the pyramid's features."""
-        shortcut = self.conv_s(self.norm_s(x, labels, feats)) if self.learned_shortcut else x
+        # Read once per forward: each read of a spectral-norm weight runs a power iteration.
+        shortcut_weight = self.conv_s.weight if self.learned_shortcut else None
         if not (self.checkpoint and torch.is_grad_enabled()):
-            return shortcut + self._residual(x, labels, feats, recomputing=False)
-        calls = []
+            return self._body(x, labels, feats, shortcut_weight, recomputing=False)
+        return _RecomputedBlock.apply(self, labels, x, feats, shortcut_weight, *self._plain_parameters())
 
-        def residual(x: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-            calls.append(None)  # the first call is the forward pass, later ones recompute it
-            return self._residual(x, labels, feats, recomputing=len(calls) > 1)
+    def _plain_parameters(self) -> list[nn.Parameter]:
+        """Every parameter the body reads directly (conv_s's comes in as shortcut_weight)."""
+        return [p for name, p in self.named_parameters() if not name.startswith("conv_s.")]
 
-        return shortcut + checkpoint(residual, x, feats, use_reentrant=False)
+
+class _RecomputedBlock(torch.autograd.Function):
+    """A CondConvBlock run without a graph and recomputed in backward.
+
+    (torch.utils.checkpoint would do the same, but it imports torch._dynamo and Triton, ~150 MB
+    resident, on first use.) The parameters are inputs, so their gradients reach them through the
+    ordinary graph (DDP's hooks and the optimiser's per-parameter hooks see them as usual)."""
+
+    @staticmethod
+    def forward(ctx, block: CondConvBlock, labels: LabelMap, x: torch.Tensor, feats: torch.Tensor,
+                shortcut_weight: torch.Tensor | None, *params):
+        ctx.block, ctx.labels = block, labels
+        ctx.autocast = autocast_state(x.device.type)
+        ctx.save_for_backward(x, feats, shortcut_weight)
+        return block._body(x, labels, feats, shortcut_weight, recomputing=False)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        if torch.is_grad_enabled():
+            raise RuntimeError("checkpointed CondConvBlock: double backward is not supported")
+        x, feats, shortcut_weight = ctx.saved_tensors
+        need = ctx.needs_input_grad[2:]
+        amp = torch.autocast(*ctx.autocast) if ctx.autocast else contextlib.nullcontext()
+        with torch.enable_grad(), amp:
+            inputs = [t.detach().requires_grad_(n) if t is not None else None
+                      for t, n in zip((x, feats, shortcut_weight), need)]
+            out = ctx.block._body(inputs[0], ctx.labels, inputs[1], inputs[2], recomputing=True)
+        wanted = [t for t, n in zip(inputs + ctx.block._plain_parameters(), need) if n]
+        grads = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True))
+        return (None, None) + tuple(next(grads) if n else None for n in need)
 
 
 def _batch_norm(norm: nn.Module, x: torch.Tensor, recomputing: bool) -> torch.Tensor:

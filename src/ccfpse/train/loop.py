@@ -30,6 +30,7 @@ from ccfpse.train.distributed import (
 from ccfpse.train.losses import (
     VGGLoss, d_hinge_loss, feature_matching_loss, g_hinge_loss, kld_loss, load_vgg19_features,
 )
+from ccfpse.train.memory import return_large_blocks_to_os
 from ccfpse.train.optim import Adam
 from ccfpse.train.sampler import ResumableSampler, SeededSamples
 
@@ -161,6 +162,7 @@ def train(cfg: Config, run_dir: str | Path, device: str | None = None, progress:
     G_ema = copy.deepcopy(G).eval().requires_grad_(False) if t.use_ema else None
     if t.checkpoint_activations:
         G.set_checkpointing(True)
+        return_large_blocks_to_os()
     generator = GeneratorWithEncoder(G, E).to(device_)
     if dist_info.enabled:
         generator = convert_sync_batchnorm(generator, device_.type)  # as the release

@@ -1,6 +1,7 @@
 """Adam as the release trains with it, lean in memory.
 
-Same arithmetic as ``torch.optim.Adam`` (no weight decay, no AMSGrad), with two savings:
+Same arithmetic as ``torch.optim.Adam`` (no weight decay, no AMSGrad) and the same state-dict
+format (either loads the other's), with three savings:
 
 - With beta1 = 0 (the release's TTUR setting, betas (0, 0.9)) the first moment equals the current
   gradient, so it is not stored: a quarter of the optimiser's memory.
@@ -8,20 +9,23 @@ Same arithmetic as ``torch.optim.Adam`` (no weight decay, no AMSGrad), with two 
   ``backward()`` and frees that gradient, so a full set of gradients never exists at once. Only for
   plain single-process training: DDP all-reduces gradients after they are accumulated and fp16's
   GradScaler must see all gradients before stepping, so the training loop turns it off for both.
+- It is not a ``torch.optim.Optimizer``, whose constructor imports torch._dynamo (and Triton):
+  ~150 MB of resident memory a training run without ``--compile`` does not need.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 
 import torch
 from torch import Tensor
 
 
-class Adam(torch.optim.Optimizer):
+class Adam:
     def __init__(
         self,
-        params: Iterable[Tensor] | Iterable[dict],
+        params: Iterable[Tensor],
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
@@ -29,21 +33,22 @@ class Adam(torch.optim.Optimizer):
     ) -> None:
         if not 0.0 <= betas[0] < 1.0 or not 0.0 <= betas[1] < 1.0:
             raise ValueError(f"Adam betas must be in [0, 1), got {betas}")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps))
+        params = [p for p in params]
+        if not params:
+            raise ValueError("Adam got an empty parameter list")
+        self.defaults = dict(lr=lr, betas=tuple(betas), eps=eps)
+        # One group, as torch's state dicts lay it out (the loop edits "lr" between epochs).
+        self.param_groups = [dict(self.defaults, params=params)]
+        self.state: dict[Tensor, dict] = {}
         self.step_in_backward = step_in_backward
-        self._hooks = []
         if step_in_backward:
-            for index, group in enumerate(self.param_groups):
-                for p in group["params"]:
-                    self._hooks.append(p.register_post_accumulate_grad_hook(self._on_grad(index)))
+            for p in params:
+                if p.requires_grad:
+                    p.register_post_accumulate_grad_hook(self._on_grad)
 
-    def _on_grad(self, group_index: int):
-        # By index: load_state_dict replaces the group dicts, and the lr schedule edits the new ones.
-        def hook(p: Tensor) -> None:
-            self._update(p, self.param_groups[group_index])
-            p.grad = None
-
-        return hook
+    def _on_grad(self, p: Tensor) -> None:
+        self._update(p, self.param_groups[0])
+        p.grad = None
 
     @torch.no_grad()
     def _update(self, p: Tensor, group: dict) -> None:
@@ -51,14 +56,14 @@ class Adam(torch.optim.Optimizer):
         grad = p.grad
         if grad.is_sparse:
             raise RuntimeError("ccfpse Adam does not support sparse gradients")
-        state = self.state[p]
+        state = self.state.setdefault(p, {})
         if not state:
             # A float32 tensor like torch.optim.Adam's, so state dicts stay interchangeable.
             state["step"] = torch.tensor(0.0)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             if beta1 > 0:
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        state["step"] += 1
+        state["step"] = state["step"] + 1
         step = state["step"].item()
         exp_avg_sq = state["exp_avg_sq"]
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
@@ -67,29 +72,52 @@ class Adam(torch.optim.Optimizer):
             exp_avg = state["exp_avg"]
             exp_avg.lerp_(grad, 1 - beta1)
             p.addcdiv_(exp_avg, denom, value=-group["lr"] / (1 - beta1**step))
-        else:  # exp_avg.lerp_(grad, 1) would be exactly grad
+        else:  # torch's exp_avg.lerp_(grad, 1) would be exactly grad
             p.addcdiv_(grad, denom, value=-group["lr"])
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.param_groups[0]["params"]:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.detach_().zero_()
+
     @torch.no_grad()
-    def step(self, closure=None):
-        """Updates every parameter that still holds a gradient (all of them unless stepping in
-        backward, where this catches only gradients that arrived outside a backward pass)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._update(p, group)
-                    if self.step_in_backward:
-                        p.grad = None
-        return loss
+    def step(self) -> None:
+        """Updates every parameter that holds a gradient (when stepping in backward, only those
+        whose gradients arrived outside a backward pass)."""
+        group = self.param_groups[0]
+        for p in group["params"]:
+            if p.grad is not None:
+                self._update(p, group)
+                if self.step_in_backward:
+                    p.grad = None
+
+    def state_dict(self) -> dict:
+        """torch.optim.Optimizer's layout: per-parameter state keyed by position."""
+        group = self.param_groups[0]
+        index = {id(p): i for i, p in enumerate(group["params"])}
+        saved_group = {k: v for k, v in group.items() if k != "params"}
+        saved_group["params"] = list(range(len(group["params"])))
+        return {"state": {index[id(p)]: dict(s) for p, s in self.state.items()}, "param_groups": [saved_group]}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Also accepts torch.optim.Adam's state (e.g. checkpoints of earlier versions)."""
-        super().load_state_dict(state_dict)
-        for group in self.param_groups:
-            if group["betas"][0] == 0:
-                for p in group["params"]:
-                    self.state.get(p, {}).pop("exp_avg", None)
+        groups = state_dict["param_groups"]
+        params = self.param_groups[0]["params"]
+        if len(groups) != 1 or len(groups[0]["params"]) != len(params):
+            raise ValueError("optimizer state does not match these parameters (number of parameters differs)")
+        saved = groups[0]
+        self.param_groups[0].update(lr=saved["lr"], betas=tuple(saved["betas"]), eps=saved["eps"])
+        position = {pid: i for i, pid in enumerate(saved["params"])}
+        keep_first_moment = self.param_groups[0]["betas"][0] > 0
+        self.state = {}
+        for pid, s in state_dict["state"].items():
+            p = params[position[pid]]
+            s = copy.copy(s)
+            if not keep_first_moment:
+                s.pop("exp_avg", None)
+            for key, value in s.items():
+                if key != "step" and torch.is_tensor(value):
+                    s[key] = value.to(device=p.device, dtype=p.dtype)
+            self.state[p] = s
