@@ -388,7 +388,7 @@ def config_flags(c: dict) -> list[str]:
 
 def drive(args) -> None:
     print(f"torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} CPUs; "
-          f"{args.steps} timed steps after 1 warm-up, 2 threads", flush=True)
+          f"{args.steps or '3 (a) or 2 (b)'} timed steps after 1 warm-up, 2 threads", flush=True)
     rows = []
     for name in args.configs:
         c = CONFIGS[name]

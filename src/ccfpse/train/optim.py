@@ -67,7 +67,7 @@ class Adam:
         step = state["step"].item()
         exp_avg_sq = state["exp_avg_sq"]
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = (exp_avg_sq.sqrt() / (1 - beta2**step) ** 0.5).add_(group["eps"])
+        denom = exp_avg_sq.sqrt().div_((1 - beta2**step) ** 0.5).add_(group["eps"])
         if beta1 > 0:
             exp_avg = state["exp_avg"]
             exp_avg.lerp_(grad, 1 - beta1)
