@@ -5,8 +5,15 @@ Reports, for forward + backward with both inputs requiring grad: median wall tim
 bytes autograd saves for backward (unique storages seen by ``saved_tensors_hooks``), the peak RSS
 increase of one fwd+bwd in a fresh subprocess, and float64 max abs errors against the unfold form.
 
+Forms: ``unfold`` (the release), ``ccfpse`` (the compiled kernel from ``ccfpse/csrc``, built by
+``ccfpse.native``, for float32/float64 on CPU; else the eager path), ``eager`` (the pure-PyTorch
+path, ``--eager``) and ``strips`` (``--strip-rows R``: the output in strips of R rows, each from
+a window view of x's rows with its halo rows, ``x_offset``, then concatenated; its time includes
+the copies autograd makes to assemble the strips' gradients).
+
     python bench/bench_ops.py                      # x (2, 64, 128, 128) float32, 2 threads
     python bench/bench_ops.py --shape 1 32 256 256 --repeats 30 --eager
+    python bench/bench_ops.py --repeats 5 --no-rss --strip-rows 16
 """
 
 from __future__ import annotations
@@ -29,6 +36,24 @@ FORMS = {
     "ccfpse": ops.cond_depthwise_conv2d,
     "eager": ops.cond_depthwise_conv2d_eager,
 }
+
+
+def strips_form(rows: int):
+    """``cond_depthwise_conv2d`` on strips of ``rows`` output rows: each reads a window of x
+    (a view, with one halo row above and below where the image has them)."""
+
+    def fn(x, weight):
+        h = weight.shape[2]
+        parts = []
+        # split, not slices, for the kernel map: its backward is one cat, where each slice's
+        # would be a zero-filled gradient of the whole map.
+        for a, w_strip in zip(range(0, h, rows), weight.split(rows, 2)):
+            b = a + w_strip.shape[2]
+            lo, hi = max(0, a - 1), min(h, b + 1)
+            parts.append(ops.cond_depthwise_conv2d(x[:, :, lo:hi], w_strip, a - lo))
+        return torch.cat(parts, 2)
+
+    return fn
 
 
 def make_inputs(shape, dtype, seed=0):
@@ -88,7 +113,10 @@ def peak_rss_child(args):
 
 
 def peak_rss(args, name):
-    cmd = [sys.executable, os.path.abspath(__file__), "--rss-child", name, "--dtype", args.dtype, "--shape"]
+    cmd = [sys.executable, os.path.abspath(__file__), "--rss-child", name, "--dtype", args.dtype]
+    if args.strip_rows:
+        cmd += ["--strip-rows", str(args.strip_rows)]
+    cmd += ["--shape"]
     res = subprocess.run(cmd + [str(s) for s in args.shape], capture_output=True, text=True, check=True)
     return float(res.stdout.strip().splitlines()[-1])
 
@@ -110,18 +138,22 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eager", action="store_true", help="also time the pure-PyTorch fallback path")
+    p.add_argument("--strip-rows", type=int, default=0, help="also time the op on strips of this many rows")
     p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
-    p.add_argument("--rss-child", choices=list(FORMS), help=argparse.SUPPRESS)
+    p.add_argument("--rss-child", choices=list(FORMS) + ["strips"], help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.strip_rows:
+        FORMS["strips"] = strips_form(args.strip_rows)
     if args.rss_child:
         return peak_rss_child(args)
 
     dtype = getattr(torch, args.dtype)
     kernel = ops._kernel_for(torch.empty(0, dtype=dtype)) is not None
     print(f"torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} CPUs, {args.threads} threads")
-    print(f"x {tuple(args.shape)} {args.dtype}; ccfpse path: {'compiled kernel' if kernel else 'eager'}")
-    names = ["unfold", "ccfpse"] + (["eager"] if args.eager else [])
+    print(f"x {tuple(args.shape)} {args.dtype}; ccfpse path: {'compiled kernel' if kernel else 'eager'}"
+          + (f"; strips of {args.strip_rows} rows" if args.strip_rows else ""))
+    names = ["unfold", "ccfpse"] + (["eager"] if args.eager else []) + (["strips"] if args.strip_rows else [])
     x, weight, grad = make_inputs(args.shape, dtype)
     times = time_forms(names, x, weight, grad, args.repeats, args.warmup)
     med = {n: statistics.median(t) for n, t in times.items()}

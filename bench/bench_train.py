@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT))  # for tests.reference.official
 
 from ccfpse import compat  # noqa: E402
 from ccfpse.config import ModelConfig  # noqa: E402
+from ccfpse.data.semantics import make_label_map  # noqa: E402
 from ccfpse.nn import build_networks, reparameterize  # noqa: E402
 from ccfpse.train.losses import d_hinge_loss, feature_matching_loss, g_hinge_loss, kld_loss  # noqa: E402
 from ccfpse.train.memory import return_large_blocks_to_os  # noqa: E402
@@ -89,12 +90,19 @@ def blocky_labels(n: int, size: int, num_classes: int, gen: torch.Generator) -> 
     return labels
 
 
-def make_batch(n: int, size: int, semantic_nc: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+class Batch:
+    """A batch as each implementation's data pipeline hands it over: the release's one-hot map,
+    and the class indices ``ccfpse train`` turns into a ``LabelMap`` inside its timed step."""
+
+    def __init__(self, labels: torch.Tensor, semantic_nc: int, real: torch.Tensor) -> None:
+        self.labels, self.semantic_nc, self.real = labels, semantic_nc, real
+        self.semantics = F.one_hot(labels, semantic_nc).permute(0, 3, 1, 2).float().contiguous()
+
+
+def make_batch(n: int, size: int, semantic_nc: int, seed: int = 0) -> Batch:
     gen = torch.Generator().manual_seed(seed)
     labels = blocky_labels(n, size, semantic_nc, gen)
-    semantics = F.one_hot(labels, semantic_nc).permute(0, 3, 1, 2).float().contiguous()
-    real = torch.rand((n, 3, size, size), generator=gen) * 2 - 1
-    return semantics, real
+    return Batch(labels, semantic_nc, torch.rand((n, 3, size, size), generator=gen) * 2 - 1)
 
 
 # ---- networks -----------------------------------------------------------------------------------
@@ -177,7 +185,12 @@ class Trainer:
         mu, logvar = self.E(real)
         return self.G(semantics, reparameterize(mu, logvar)), mu, logvar
 
-    def g_step(self, semantics, real) -> dict:
+    def g_step(self, batch: Batch) -> dict:
+        real = batch.real
+        if self.official:
+            semantics = batch.semantics
+        else:  # as ccfpse train's to_batch: class indices to a LabelMap, once for both steps
+            semantics = self.labels = make_label_map(batch.labels, batch.semantic_nc)
         if not self.d_grads_in_g_step:
             self.D.requires_grad_(False)
         fake, mu, logvar = self.generate(semantics, real)
@@ -202,11 +215,14 @@ class Trainer:
         self.D.requires_grad_(True)
         return {k: v.item() for k, v in losses.items()}
 
-    def d_step(self, semantics, real) -> dict:
+    def d_step(self, batch: Batch) -> dict:
+        real = batch.real
+        semantics = batch.semantics if self.official else self.labels
         with torch.no_grad():
             fake, _, _ = self.generate(semantics, real)
         n = len(fake)
-        _, preds = self.D(torch.cat([fake.detach(), real]), torch.cat([semantics, semantics]))
+        both = torch.cat([semantics, semantics]) if self.official else semantics.repeat(2)
+        _, preds = self.D(torch.cat([fake.detach(), real]), both)
         loss = d_hinge_loss([p[n:] for p in preds], [p[:n] for p in preds])
         self.opt_D.zero_grad(set_to_none=True)
         loss.backward()
@@ -242,15 +258,15 @@ def run(args) -> dict:
         G.set_checkpointing(True)
         return_large_blocks_to_os()
     trainer = Trainer(G, D, E, args.impl == "official", args.d_grads_in_g_step)
-    semantics, real = make_batch(args.batch, args.size, cfg.semantic_nc)
+    batch = make_batch(args.batch, args.size, cfg.semantic_nc)
     rss_setup = current_rss_gib()
     times, g_times, cpu_times = [], [], []
     for i in range(1 + args.steps):
         c0 = time.process_time()
         t0 = time.perf_counter()
-        losses = trainer.g_step(semantics, real)
+        losses = trainer.g_step(batch)
         t1 = time.perf_counter()
-        losses.update(trainer.d_step(semantics, real))
+        losses.update(trainer.d_step(batch))
         t2 = time.perf_counter()
         if i >= 1:
             cpu_times.append(time.process_time() - c0)
@@ -288,12 +304,12 @@ def profile(args) -> None:
     if args.checkpointing:
         G.set_checkpointing(True)
     trainer = Trainer(G, D, E, args.impl == "official", args.d_grads_in_g_step)
-    semantics, real = make_batch(args.batch, args.size, cfg.semantic_nc)
-    trainer.g_step(semantics, real)
-    trainer.d_step(semantics, real)
+    batch = make_batch(args.batch, args.size, cfg.semantic_nc)
+    trainer.g_step(batch)
+    trainer.d_step(batch)
     with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True, profile_memory=True) as prof:
-        trainer.g_step(semantics, real)
-        trainer.d_step(semantics, real)
+        trainer.g_step(batch)
+        trainer.d_step(batch)
     ka = prof.key_averages()
     print(ka.table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=40))
     print(prof.key_averages(group_by_input_shape=True).table(
@@ -310,7 +326,7 @@ def saved_report(args) -> None:
     for net in (G, D, E):
         net.train()
     D.requires_grad_(args.d_grads_in_g_step)
-    semantics, real = make_batch(args.batch, args.size, cfg.semantic_nc)
+    batch = make_batch(args.batch, args.size, cfg.semantic_nc)
     stack = ["(top)"]
     hooks = []
     for prefix, net in (("G", G), ("D", D), ("E", E)):
@@ -328,6 +344,7 @@ def saved_report(args) -> None:
             storages.setdefault(s.data_ptr(), (stack[-1], s.nbytes(), tuple(t.shape)))
         return t
 
+    real, semantics = batch.real, batch.semantics
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         mu, logvar = E(real)
         fake = G(semantics, reparameterize(mu, logvar))
@@ -345,36 +362,103 @@ def saved_report(args) -> None:
         print(f"  {nbytes / 2**20:9.1f} MiB  {owner}  {shape}")
 
 
+def g_step_gradients(impl: str, cfg: ModelConfig, batch: Batch, checkpointing: bool) -> dict[str, torch.Tensor]:
+    """The gradients of the G step's hinge and KL terms for every G and E parameter, under the
+    official names. (Feature matching is left out here: its L1 has a gradient discontinuous
+    where fake and real features agree, and at initialisation many nearly do, so rounding
+    flips the sign of some terms in either implementation.)"""
+    G, D, E = build(impl, cfg)
+    if checkpointing:
+        G.set_checkpointing(True)
+    for net in (G, D, E):
+        net.train()
+    D.requires_grad_(False)
+    torch.manual_seed(123)
+    mu, logvar = E(batch.real)
+    if impl == "official":
+        fake = G(batch.semantics, reparameterize(mu, logvar))
+        feats, preds = D(torch.cat([fake, batch.real]), torch.cat([batch.semantics, batch.semantics]))
+        n = len(fake)
+        feats_fake, feats_real, preds_fake = [f[:n] for f in feats], [f[n:] for f in feats], [p[:n] for p in preds]
+    else:
+        labels = make_label_map(batch.labels, batch.semantic_nc)
+        fake = G(labels, reparameterize(mu, logvar))
+        with parametrize.cached():
+            feats_fake, preds_fake = D(fake, labels)
+            with torch.no_grad():
+                feats_real, _ = D(batch.real, labels)
+    loss = g_hinge_loss(preds_fake) + LAMBDA_KLD * kld_loss(mu, logvar)
+    loss.backward()
+    grads = {}
+    for prefix, net, key_map in (("G.", G, compat.generator_key_map), ("E.", E, compat.encoder_key_map)):
+        named = {k: p.grad for k, p in net.named_parameters()}
+        if impl == "official":
+            grads.update({prefix + k: g for k, g in named.items()})
+            continue
+        for native, names in key_map(net).items():
+            if native not in named:
+                continue  # buffers
+            names = [names] if isinstance(names, str) else names
+            for name, part in zip(names, named[native].chunk(len(names), dim=0)):
+                grads[prefix + name] = part
+    return grads
+
+
 def check(args) -> None:
-    """Same mathematics: one G step and one D step of the official networks and of ``--impl``
-    (ours) from the same weights, inputs and
-    RNG state; prints the losses and the largest parameter difference after the two steps."""
+    """Same mathematics: the G step's gradients (hinge and KL terms) of the official networks
+    and of ours from the same weights, inputs and z (relative error per tensor,
+    ||ours - official|| / ||official||),
+    then one G step and one D step of each (losses; largest parameter difference after them,
+    which Adam's first step turns into +-lr wherever a gradient is near zero)."""
     cfg = model_config(args)
-    semantics, real = make_batch(args.batch, args.size, cfg.semantic_nc)
+    batch = make_batch(args.batch, args.size, cfg.semantic_nc)
+    ref = {k: g for k, g in g_step_gradients("official", cfg, batch, False).items() if g is not None}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if threads > 1 else 2)
+    noise = g_step_gradients("official", cfg, batch, False)  # the release against itself
+    torch.set_num_threads(threads)
+    got = g_step_gradients("ours", cfg, batch, args.checkpointing)
+    missing = sorted(set(ref) - set(got))
+    # Some gradients are zero in exact arithmetic (e.g. SPADE's beta bias before a block whose
+    # batch norms remove any per-channel shift), so both sides hold rounding noise there: the
+    # error is taken relative to at least 1e-6 of the largest gradient norm.
+    top = max(g.double().norm().item() for g in ref.values())
+
+    def errors(other: dict) -> dict[str, float]:
+        return {k: ((other[k].double() - ref[k].double()).norm() / max(ref[k].double().norm().item(), 1e-6 * top)).item()
+                for k in ref if k in got}
+
+    ours_err, noise_err = errors(got), errors(noise)
+    for label, err in ((f"official, {torch.get_num_threads()} vs {1 if threads > 1 else 2} threads (rounding alone)", noise_err),
+                       ("ours vs official", ours_err)):
+        worst = max(err, key=err.get)
+        print(f"G-step gradients, {label}: relative error max {err[worst]:.2e} ({worst}), "
+              f"median {statistics.median(err.values()):.2e}")
+    if missing:
+        print(f"  not compared: {len(missing)} tensors the release never uses (norm_0, conv_*.norm_layer)")
+    if args.verbose:
+        for k in sorted(ours_err, key=ours_err.get, reverse=True)[: args.rows]:
+            print(f"  {ours_err[k]:.2e} (release against itself {noise_err[k]:.2e})  {k}  "
+                  f"(gradient norm {ref[k].double().norm().item() / top:.1e} of the largest)")
     results = {}
-    other = "ours" if args.impl == "official" else args.impl
-    for impl in ("official", other):
+    for impl in ("official", "ours"):
         G, D, E = build(impl, cfg)
         if impl != "official" and args.checkpointing:
             G.set_checkpointing(True)
         trainer = Trainer(G, D, E, impl == "official")
         torch.manual_seed(123)
-        losses = trainer.g_step(semantics, real)
-        losses.update(trainer.d_step(semantics, real))
+        losses = trainer.g_step(batch)
+        losses.update(trainer.d_step(batch))
         G_params = G.state_dict() if impl == "official" else compat.to_official_state_dict(G, compat.generator_key_map(G))
         results[impl] = (losses, G_params)
         print(impl, {k: f"{v:.6g}" for k, v in losses.items()})
-    (lo, po), (lu, pu) = results["official"], results[other]
+    (lo, po), (lu, pu) = results["official"], results["ours"]
     # Spectral norm's u, v are left out: old-style (release) power iteration updates v then u,
     # the parametrization u then v, so in training mode they differ (same fixed point).
     diffs = {k: (po[k].double() - pu[k].double()).abs().max().item() for k in pu
              if not k.endswith(("weight_u", "weight_v")) and po[k].is_floating_point()}
-    worst = max(diffs.values())
-    if args.verbose:
-        for k, v in sorted(diffs.items(), key=lambda kv: -kv[1])[: args.rows]:
-            print(f"  {v:.3g}  {k}")
     print(f"max |loss diff| {max(abs(lo[k] - lu[k]) for k in lo):.3g}; "
-          f"max |G/E weight diff| after both steps {worst:.3g}")
+          f"max |G/E weight diff| after both steps {max(diffs.values()):.3g}")
 
 
 # ---- driver -------------------------------------------------------------------------------------

@@ -115,9 +115,10 @@ def test_gradients_reach_every_parameter(use_vae):
 
 
 def test_checkpointing_gives_identical_gradients_and_statistics(monkeypatch):
-    import ccfpse.ops
+    import ccfpse.nn.blocks
 
-    monkeypatch.setattr(ccfpse.ops, "STRIP_BYTES", 4096)  # many strips even at this size
+    monkeypatch.setattr(ccfpse.nn.blocks, "STRIP_BYTES", 4096)  # many strips even at this size
+    monkeypatch.setattr(ccfpse.nn.blocks, "MIN_STRIP_PIXELS", 1)
     cfg = tiny("ade20k", **{"model.use_vae": False})
     torch.manual_seed(0)
     G0 = CCFPSEGenerator.from_config(cfg)
@@ -167,3 +168,40 @@ def test_checkpointing_under_bf16_autocast_recomputes_in_bf16():
         out.float().square().mean().backward()
         grads.append(G.blocks[-1].kernels_1.weight.grad.clone())
     torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("name,rows", [("coco_stuff", 4096), ("cityscapes", 8192), ("ade20k", 20000)])
+def test_strips_are_exact_in_float64_in_training_and_eval(monkeypatch, name, rows):
+    """Strip-wise computation (checkpointing) against the whole-map computation, float64: one
+    training step's output, every gradient, the BatchNorm statistics; then eval-mode outputs
+    without grad. Strip sizes of 1, 2 and 4 rows and "more" upsampling (cityscapes) included."""
+    import ccfpse.nn.blocks
+
+    monkeypatch.setattr(ccfpse.nn.blocks, "STRIP_BYTES", rows)
+    monkeypatch.setattr(ccfpse.nn.blocks, "MIN_STRIP_PIXELS", 1)
+    cfg = tiny(name, **{"model.use_vae": False})
+    torch.manual_seed(0)
+    G0 = CCFPSEGenerator.from_config(cfg).double()
+    seg = random_semantics(cfg).double()
+    counts = []
+    strips = ccfpse.nn.blocks.CondConvBlock.strips
+    monkeypatch.setattr(ccfpse.nn.blocks.CondConvBlock, "strips", lambda self, x: counts.append(len(strips(self, x))) or strips(self, x))
+    results = []
+    for enabled in (False, True):
+        G = copy.deepcopy(G0)
+        G.set_checkpointing(enabled)
+        out = G(seg)
+        out.square().mean().backward()
+        with torch.no_grad():
+            G.eval()
+            evaluated = G(seg)
+        results.append((out.detach(), {n: p.grad for n, p in G.named_parameters()}, G.state_dict(), evaluated))
+    assert max(counts) > 4  # some blocks really ran in many strips
+    (out0, grads0, state0, eval0), (out1, grads1, state1, eval1) = results
+    exact = dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(out1, out0, **exact)
+    torch.testing.assert_close(eval1, eval0, **exact)
+    for key in grads0:
+        torch.testing.assert_close(grads1[key], grads0[key], msg=key, **exact)
+    for key in state0:
+        torch.testing.assert_close(state1[key], state0[key], msg=key, **exact)

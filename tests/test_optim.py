@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from ccfpse import native
 from ccfpse.train.optim import Adam
 
 
@@ -26,12 +27,39 @@ def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: range) -> None:
 
 @pytest.mark.parametrize("betas", [(0.0, 0.9), (0.5, 0.999)])
 @pytest.mark.parametrize("in_backward", [False, True])
-def test_same_updates_as_torch_adam(betas, in_backward):
+@pytest.mark.parametrize("path", ["torch", "compiled"])
+def test_same_updates_as_torch_adam(betas, in_backward, path, monkeypatch):
+    if path == "torch":
+        monkeypatch.setenv("CCFPSE_NO_EXT", "1")
+    elif native.lib() is None:
+        pytest.skip("no compiled kernels here (CCFPSE_NO_EXT=1 or no C compiler)")
     ref, ours = _model(), _model()
     _train(ref, torch.optim.Adam(ref.parameters(), lr=1e-2, betas=betas), range(4))
     _train(ours, Adam(ours.parameters(), lr=1e-2, betas=betas, step_in_backward=in_backward), range(4))
     for a, b in zip(ref.parameters(), ours.parameters()):
-        assert torch.equal(a, b)
+        if path == "torch":  # the same tensor operations, bit for bit
+            assert torch.equal(a, b)
+        else:  # one C loop; its square root is correctly rounded, torch's is within an ulp
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_step_skips_denormal_square_roots_without_changing_the_update():
+    """Second moments below FLT_MIN enter the square root as zero: the same update in float32."""
+    if native.lib() is None:
+        pytest.skip("no compiled kernels here (CCFPSE_NO_EXT=1 or no C compiler)")
+    torch.manual_seed(0)
+    p = torch.randn(50_000)
+    grads = torch.cat([torch.randn(25_000) * 1e-21, torch.randn(25_000)])  # squares: denormal, normal
+    ref = p.clone().requires_grad_()
+    ref.grad = grads.clone()
+    torch_adam = torch.optim.Adam([ref], lr=1e-3, betas=(0.0, 0.9))
+    torch_adam.step()
+    ours = p.clone().requires_grad_()
+    ours.grad = grads.clone()
+    Adam([ours], lr=1e-3, betas=(0.0, 0.9)).step()
+    assert bool((torch_adam.state[ref]["exp_avg_sq"][:25_000] < torch.finfo(torch.float32).tiny).all())
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-9)  # the last bit of the square root
+    assert torch.equal(ours[:25_000], ref[:25_000])
 
 
 def test_beta1_zero_keeps_no_first_moment_and_in_backward_frees_gradients():
@@ -44,7 +72,8 @@ def test_beta1_zero_keeps_no_first_moment_and_in_backward_frees_gradients():
     assert all(set(s) == {"step", "exp_avg_sq"} for s in opt.state.values())
 
 
-def test_resumes_from_a_torch_adam_state_dict():
+def test_resumes_from_a_torch_adam_state_dict(monkeypatch):
+    monkeypatch.setenv("CCFPSE_NO_EXT", "1")  # the torch path: bit-equal to torch.optim.Adam
     ref = _model()
     ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-2, betas=(0.0, 0.9))
     _train(ref, ref_opt, range(2))

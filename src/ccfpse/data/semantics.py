@@ -26,13 +26,19 @@ def instance_edges(instance: torch.Tensor) -> torch.Tensor:
     return edge.unsqueeze(1).float()
 
 
-def make_semantics(
-    label: torch.Tensor,
-    num_label_channels: int,
-    instance: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """One-hot encode ``label`` (N, H, W) with values in [0, num_label_channels) and append the
-    instance edges of ``instance`` (N, H, W) as the last channel when it is given."""
+def make_label_map(label: torch.Tensor, num_label_channels: int, instance: torch.Tensor | None = None):
+    """``make_semantics`` as a ``LabelMap``: class indices and instance edges, without the dense
+    one-hot map (the networks look the one-hot channels up; see ``ccfpse.nn.label_conv``)."""
+    from ccfpse.nn.label_conv import LabelMap
+
+    label = _checked_label(label, num_label_channels)
+    extra = None
+    if instance is not None:
+        extra = instance_edges(instance[:, 0] if instance.dim() == 4 else instance)
+    return LabelMap.from_index(label, num_label_channels, extra)
+
+
+def _checked_label(label: torch.Tensor, num_label_channels: int) -> torch.Tensor:
     if label.dim() == 4 and label.shape[1] == 1:
         label = label[:, 0]
     label = label.long()
@@ -42,6 +48,17 @@ def make_semantics(
             f"label values must lie in [0, {num_label_channels - 1}], found [{lo}, {hi}]; "
             "check label_nc / contain_dontcare_label"
         )
+    return label
+
+
+def make_semantics(
+    label: torch.Tensor,
+    num_label_channels: int,
+    instance: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One-hot encode ``label`` (N, H, W) with values in [0, num_label_channels) and append the
+    instance edges of ``instance`` (N, H, W) as the last channel when it is given."""
+    label = _checked_label(label, num_label_channels)
     # contiguous: the permuted one-hot is channels-last in memory, which sends every later
     # interpolate/conv down slow layout-converting paths.
     one_hot = F.one_hot(label, num_label_channels).permute(0, 3, 1, 2).float().contiguous()

@@ -9,8 +9,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
-from ccfpse.nn.label_conv import LabelMap, label_conv
-from ccfpse.ops import autocast_state, cond_depthwise_conv2d, predict_and_apply_kernels
+from ccfpse.nn.label_conv import LabelMap, Rows, conv_rows, halo, label_conv
+from ccfpse.nn.norm import batch_norm_affine
+from ccfpse.ops import autocast_state, cond_depthwise_conv2d
+from ccfpse.winograd import conv3x3
 
 LRELU_SLOPE = 0.2
 
@@ -42,7 +44,12 @@ class ConvUnit(nn.Module):
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(self.conv(x))
+        conv = self.conv
+        if conv.kernel_size == (3, 3) and conv.stride == (1, 1):
+            x = conv3x3(x, conv.weight)
+        else:
+            x = conv(x)
+        x = self.norm(x)
         return F.leaky_relu(x, LRELU_SLOPE) if self.activation else x
 
 
@@ -57,19 +64,40 @@ class SPADE(nn.Module):
         self.gamma = nn.Conv2d(hidden, norm_nc, 3, padding=1)
         self.beta = nn.Conv2d(hidden, norm_nc, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, labels: LabelMap, feats: torch.Tensor | None = None,
-                recomputing: bool = False) -> torch.Tensor:
-        """Conditioned on concat(labels, feats)."""
-        actv = F.relu(label_conv(self.shared.weight, self.shared.bias, labels, feats))
-        return _batch_norm(self.param_free_norm, x, recomputing) * (1 + self.gamma(actv)) + self.beta(actv)
+    def modulation(self, labels: LabelMap, feats: Rows, rows: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gamma, beta) for output rows [a, b), conditioned on concat(labels, feats)."""
+        lo, hi = halo(rows, labels.shape[0])
+        actv = Rows(label_conv(self.shared.weight, self.shared.bias, labels, feats, (lo, hi)).relu_(), lo, labels.shape[0])
+        return conv_rows(actv, self.gamma.weight, self.gamma.bias, rows), conv_rows(actv, self.beta.weight, self.beta.bias, rows)
+
+    def forward(self, x: torch.Tensor, labels: LabelMap, feats: torch.Tensor | None = None) -> torch.Tensor:
+        scale, shift = batch_norm_affine(self.param_free_norm, x)
+        gamma, beta = self.modulation(labels, Rows(feats) if feats is not None else None, (0, x.shape[2]))
+        return (x * scale + shift) * (1 + gamma) + beta
+
+
+# Target bytes of one strip's per-pixel kernel map (N, 9 * C, rows, W) under checkpointing; the
+# other per-strip tensors are smaller. Large enough for efficient convolutions (the Winograd
+# path wants thousands of pixels per call), small enough to stay a small part of the memory.
+STRIP_BYTES = 16 * 2**20
+# ... and at least this many pixels (N * rows * W), the size from which the Winograd path pays.
+MIN_STRIP_PIXELS = 4096
 
 
 class CondConvBlock(nn.Module):
     """The conditional block of CC-FPSE (fin -> fout).
 
     Per-pixel depthwise kernels and channel gates are predicted from the conditioning map. The
-    four predictors' first layers read the same input, so they run as one convolution with
-    4 * hidden outputs (the official checkpoint's four convs are concatenated on import).
+    four predictors' first layers read the same input; their weights are stored as one
+    convolution with 4 * hidden outputs (the official checkpoint's four convs, concatenated on
+    import), which each half reads in slices.
+
+    The block runs in two halves, each row-local given per-channel statistics: the first
+    (kernels 1 and gate 1) up to the input of norm_2, the second to the output. Each half can be
+    computed strip by strip of rows from the strip and one halo row on each side. With
+    ``checkpoint`` set, large maps are computed in strips (``STRIP_BYTES``): no per-pixel kernel
+    map ever exists at full size, and in training only the block's input and the small map
+    between the halves are kept for backward, which recomputes each strip in turn.
     """
 
     def __init__(self, fin: int, fout: int, cond_nc: int, hidden: int = 128) -> None:
@@ -91,85 +119,201 @@ class CondConvBlock(nn.Module):
         if self.learned_shortcut:
             self.norm_s = SPADE(fin, cond_nc, hidden)
             self.conv_s = spectral_norm(nn.Conv2d(fin, fout, 1, bias=False))
-        # Memory saving for large crops: recompute the residual branch in backward, and never
-        # hold a whole per-pixel kernel map (see ``forward``).
         self.checkpoint = False
 
-    def _apply_kernels(self, predictor: nn.Conv2d, x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        if self.checkpoint:
-            return predict_and_apply_kernels(x, hidden, predictor.weight, predictor.bias)
-        return cond_depthwise_conv2d(x, predictor(hidden))
-
-    def _body(self, x: torch.Tensor, labels: LabelMap, feats: torch.Tensor, shortcut_weight: torch.Tensor | None,
-              recomputing: bool) -> torch.Tensor:
-        """shortcut + residual; ``shortcut_weight`` is conv_s's spectrally normalised weight."""
-        if self.learned_shortcut:
-            shortcut = F.conv2d(self.norm_s(x, labels, feats, recomputing), shortcut_weight)
-        else:
-            shortcut = x
-        hidden = label_conv(self.predictor_in.weight, self.predictor_in.bias, labels, feats).relu_()
-        h_kernels_1, h_kernels_2, h_gate_1, h_gate_2 = hidden.chunk(4, dim=1)
-        dx = self._apply_kernels(self.kernels_1, _batch_norm(self.norm_1, x, recomputing), h_kernels_1)
-        dx = F.leaky_relu(self.conv_1(dx) * torch.sigmoid(self.gate_1(h_gate_1)), LRELU_SLOPE)
-        dx = self._apply_kernels(self.kernels_2, _batch_norm(self.norm_2, dx, recomputing), h_kernels_2)
-        return shortcut + F.leaky_relu(self.conv_3(dx) * torch.sigmoid(self.gate_2(h_gate_2)), LRELU_SLOPE)
+    def strips(self, x: torch.Tensor) -> list[tuple[int, int]]:
+        """Row ranges [a, b) the block computes at a time: the whole map, or with ``checkpoint``
+        strips of about ``STRIP_BYTES`` of kernels (a multiple of 4 rows, the Winograd tile)."""
+        h = x.shape[2]
+        if not self.checkpoint:
+            return [(0, h)]
+        row_bytes = x.shape[0] * 9 * self.fin * x.shape[3] * x.element_size()
+        rows = max(1, STRIP_BYTES // max(1, row_bytes), -(-MIN_STRIP_PIXELS // (x.shape[0] * x.shape[3])))
+        if rows >= 4:
+            rows -= rows % 4
+        return [(a, min(h, a + rows)) for a in range(0, h, rows)]
 
     def forward(self, x: torch.Tensor, labels: LabelMap, feats: torch.Tensor) -> torch.Tensor:
         """Conditioned on concat(labels, feats): the label map and the pyramid's features."""
         # Read once per forward: each read of a spectral-norm weight runs a power iteration.
         shortcut_weight = self.conv_s.weight if self.learned_shortcut else None
-        if not (self.checkpoint and torch.is_grad_enabled()):
-            return self._body(x, labels, feats, shortcut_weight, recomputing=False)
-        return _RecomputedBlock.apply(self, labels, x, feats, shortcut_weight, *self._plain_parameters())
+        strips = self.strips(x)
+        if self.checkpoint and torch.is_grad_enabled():
+            return _RecomputedBlock.apply(self, labels, strips, x, feats, shortcut_weight, *self._plain_parameters())
+        h = x.shape[2]
+        shared = self._shared(x, update_stats=True)
+        x, feats = Rows(x), Rows(feats)
+        mid = _cat_rows([self._first_half(shared, x, labels, feats, r) for r in strips])
+        norm_2 = batch_norm_affine(self.norm_2, mid)
+        mid = Rows(mid)
+        out = _cat_rows([self._second_half(shared, norm_2, x, mid, labels, feats, shortcut_weight, r) for r in strips])
+        assert out.shape[2] == h
+        return out
+
+    # -- the pieces: what all strips share, and the two halves of one strip
+
+    def _shared(self, x: torch.Tensor, update_stats: bool) -> dict[str, torch.Tensor]:
+        """Per-channel tensors every strip uses: the BatchNorm affine maps of x."""
+        t = {}
+        t["norm_1_scale"], t["norm_1_shift"] = batch_norm_affine(self.norm_1, x, update_stats)
+        if self.learned_shortcut:
+            t["norm_s_scale"], t["norm_s_shift"] = batch_norm_affine(self.norm_s.param_free_norm, x, update_stats)
+        return t
+
+    def _predict(self, half: int, labels: LabelMap, feats: Rows, rows: tuple[int, int]):
+        """(per-pixel kernels, gate) of one half for output rows [a, b). Each predictor's first
+        layer is its slice of ``predictor_in`` (channels: kernels 1, kernels 2, gate 1, gate 2)."""
+        lo, hi = halo(rows, labels.shape[0])
+        kernels, gate = (self.kernels_1, self.gate_1) if half == 1 else (self.kernels_2, self.gate_2)
+        out = []
+        for conv, part in ((kernels, half - 1), (gate, half + 1)):
+            k = slice(part * self.hidden, (part + 1) * self.hidden)
+            hidden = label_conv(self.predictor_in.weight[k], self.predictor_in.bias[k], labels, feats, (lo, hi))
+            out.append(conv_rows(Rows(hidden.relu_(), lo, labels.shape[0]), conv.weight, conv.bias, rows))
+        return out[0], torch.sigmoid(out[1])
+
+    def _first_half(self, shared: dict, x: Rows, labels: LabelMap, feats: Rows, rows: tuple[int, int]) -> torch.Tensor:
+        """Rows [a, b) of the input of norm_2."""
+        lo, hi = halo(rows, x.height)
+        kernels, gate = self._predict(1, labels, feats, rows)
+        xn = x.rows(lo, hi) * shared["norm_1_scale"] + shared["norm_1_shift"]
+        dx = cond_depthwise_conv2d(xn, kernels, x_offset=rows[0] - lo)
+        return F.leaky_relu(self.conv_1(dx) * gate, LRELU_SLOPE)
+
+    def _second_half(self, shared: dict, norm_2: tuple, x: Rows, mid: Rows, labels: LabelMap, feats: Rows,
+                     shortcut_weight: torch.Tensor | None, rows: tuple[int, int]) -> torch.Tensor:
+        """Rows [a, b) of the block's output; ``mid`` is the input of norm_2, ``norm_2`` its
+        affine map."""
+        lo, hi = halo(rows, x.height)
+        kernels, gate = self._predict(2, labels, feats, rows)
+        mn = mid.rows(lo, hi) * norm_2[0] + norm_2[1]
+        dx = F.leaky_relu(self.conv_3(cond_depthwise_conv2d(mn, kernels, x_offset=rows[0] - lo)) * gate, LRELU_SLOPE)
+        if not self.learned_shortcut:
+            return x.rows(*rows) + dx
+        gamma, beta = self.norm_s.modulation(labels, feats, rows)
+        xs = x.rows(*rows) * shared["norm_s_scale"] + shared["norm_s_shift"]
+        return F.conv2d(xs * (1 + gamma) + beta, shortcut_weight) + dx
 
     def _plain_parameters(self) -> list[nn.Parameter]:
-        """Every parameter the body reads directly (conv_s's comes in as shortcut_weight)."""
+        """Every parameter the block reads directly (conv_s's comes in as its normalised weight)."""
         return [p for name, p in self.named_parameters() if not name.startswith("conv_s.")]
 
 
-class _RecomputedBlock(torch.autograd.Function):
-    """A CondConvBlock run without a graph and recomputed in backward.
+def _cat_rows(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 2)
 
-    (torch.utils.checkpoint would do the same, but it imports torch._dynamo and Triton, ~150 MB
-    resident, on first use.) The parameters are inputs, so their gradients reach them through the
-    ordinary graph (DDP's hooks and the optimiser's per-parameter hooks see them as usual)."""
+
+class _RecomputedBlock(torch.autograd.Function):
+    """A CondConvBlock computed strip by strip without a graph, and again strip by strip in
+    backward: only x, feats and the map between the halves are saved.
+
+    Backward rebuilds the small shared tensors (BatchNorm affine maps, predictor weights) with a
+    graph, then back-propagates through one strip at a time with those tensors as leaves,
+    adding up their gradients, which finally go through the small graph: second halves, then
+    norm_2's statistics, then first halves. The parameters are inputs, so their gradients reach
+    them through the ordinary graph (DDP's hooks and the optimiser's per-parameter hooks see
+    them as usual). (torch.utils.checkpoint would import torch._dynamo and Triton, ~150 MB
+    resident, and recomputes a function as a whole.)"""
 
     @staticmethod
-    def forward(ctx, block: CondConvBlock, labels: LabelMap, x: torch.Tensor, feats: torch.Tensor,
+    def forward(ctx, block: CondConvBlock, labels: LabelMap, strips: list, x: torch.Tensor, feats: torch.Tensor,
                 shortcut_weight: torch.Tensor | None, *params):
-        ctx.block, ctx.labels = block, labels
+        ctx.block, ctx.labels, ctx.strips = block, labels, strips
         ctx.autocast = autocast_state(x.device.type)
-        ctx.save_for_backward(x, feats, shortcut_weight)
-        return block._body(x, labels, feats, shortcut_weight, recomputing=False)
+        shared = block._shared(x, update_stats=True)
+        xr, fr = Rows(x), Rows(feats)
+        mid = _cat_rows([block._first_half(shared, xr, labels, fr, r) for r in strips])
+        norm_2 = batch_norm_affine(block.norm_2, mid)
+        out = _cat_rows([block._second_half(shared, norm_2, xr, Rows(mid), labels, fr, shortcut_weight, r)
+                         for r in strips])
+        ctx.save_for_backward(x, feats, shortcut_weight, mid)
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         if torch.is_grad_enabled():
             raise RuntimeError("checkpointed CondConvBlock: double backward is not supported")
-        x, feats, shortcut_weight = ctx.saved_tensors
-        need = ctx.needs_input_grad[2:]
+        block, labels, strips = ctx.block, ctx.labels, ctx.strips
+        x, feats, shortcut_weight, mid = ctx.saved_tensors
+        # (the Function's parameter inputs, in order; frozen ones get no gradient)
+        trainable = [i for i, p in enumerate(block._plain_parameters()) if p.requires_grad]
+        all_params = block._plain_parameters()
+        params = [all_params[i] for i in trainable]
+        h = x.shape[2]
         amp = torch.autocast(*ctx.autocast) if ctx.autocast else contextlib.nullcontext()
-        with torch.enable_grad(), amp:
-            inputs = [t.detach().requires_grad_(n) if t is not None else None
-                      for t, n in zip((x, feats, shortcut_weight), need)]
-            out = ctx.block._body(inputs[0], ctx.labels, inputs[1], inputs[2], recomputing=True)
-        wanted = [t for t, n in zip(inputs + ctx.block._plain_parameters(), need) if n]
-        grads = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True))
-        return (None, None) + tuple(next(grads) if n else None for n in need)
+        with torch.enable_grad(), amp:  # the small graph: statistics and shared weights
+            x_graph, mid_graph = x.detach().requires_grad_(), mid.detach().requires_grad_()
+            shared = block._shared(x_graph, update_stats=False)
+            norm_2 = batch_norm_affine(block.norm_2, mid_graph, update_stats=False)
+        leaves = {k: v.detach().requires_grad_() for k, v in shared.items()}
+        norm_2_leaves = tuple(t.detach().requires_grad_() for t in norm_2)
+        sw = shortcut_weight.detach().requires_grad_() if shortcut_weight is not None else None
+        g_x, g_feats, g_mid = torch.zeros_like(x), torch.zeros_like(feats), torch.zeros_like(mid)
+        g_params: list = [None] * len(params)
+        g_small = {}
 
+        def add(acc, key, g):
+            if g is not None:
+                acc[key] = g if acc.get(key) is None else acc[key] + g
 
-def _batch_norm(norm: nn.Module, x: torch.Tensor, recomputing: bool) -> torch.Tensor:
-    """``norm(x)``; when recomputing a checkpointed forward, without updating the running
-    statistics a second time (momentum 0 leaves them as they are; works for SyncBatchNorm too)."""
-    if not recomputing or not norm.training:
-        return norm(x)
-    momentum, tracked = norm.momentum, norm.num_batches_tracked.clone()
-    norm.momentum = 0.0
-    try:
-        return norm(x)
-    finally:
-        norm.momentum = momentum
-        norm.num_batches_tracked.copy_(tracked)
+        def add_params(grads) -> None:
+            for i, g in enumerate(grads):
+                if g is not None:
+                    g_params[i] = g if g_params[i] is None else g_params[i].add_(g)
+
+        def strip_backward(half: int, r: tuple[int, int], g_out: torch.Tensor) -> None:
+            lo, hi = halo(r, h)
+            f0, f1 = max(0, r[0] - 2), min(h, r[1] + 2)  # the features' rows for the nested 3x3s
+            with torch.enable_grad(), amp:
+                xw = x[:, :, lo:hi].detach().requires_grad_()
+                fw = feats[:, :, f0:f1].detach().requires_grad_()
+                windows = [xw, fw]
+                if half == 1:
+                    out = block._first_half(leaves, Rows(xw, lo, h), labels, Rows(fw, f0, h), r)
+                else:
+                    mw = mid[:, :, lo:hi].detach().requires_grad_()
+                    windows.append(mw)
+                    out = block._second_half(leaves, norm_2_leaves, Rows(xw, lo, h), Rows(mw, lo, h), labels,
+                                             Rows(fw, f0, h), sw, r)
+            small = list(leaves.values()) + (list(norm_2_leaves) if half == 2 else []) + ([sw] if sw is not None and half == 2 else [])
+            grads = torch.autograd.grad(out, windows + small + params, g_out, allow_unused=True)
+            for dst, g in zip((g_x[:, :, lo:hi], g_feats[:, :, f0:f1]), grads[:2]):
+                if g is not None:
+                    dst += g
+            if half == 2 and grads[2] is not None:
+                g_mid[:, :, lo:hi] += grads[2]
+            n_w = len(windows)
+            for key, g in zip(list(leaves) + (["norm_2_scale", "norm_2_shift"] if half == 2 else [])
+                              + (["shortcut_weight"] if sw is not None and half == 2 else []), grads[n_w : n_w + len(small)]):
+                add(g_small, key, g)
+            add_params(grads[n_w + len(small):])
+
+        for r in strips:
+            strip_backward(2, r, grad[:, :, r[0] : r[1]])
+        # norm_2's statistics depend on every row of mid (and on norm_2's affine parameters)
+        pairs = [(t, g_small.pop(k)) for t, k in zip(norm_2, ("norm_2_scale", "norm_2_shift")) if k in g_small]
+        if pairs:
+            res = torch.autograd.grad([t for t, _ in pairs], [mid_graph] + params, [g for _, g in pairs],
+                                      allow_unused=True)
+            if res[0] is not None:
+                g_mid += res[0]
+            add_params(res[1:])
+        for r in strips:
+            strip_backward(1, r, g_mid[:, :, r[0] : r[1]])
+        g_sw = g_small.pop("shortcut_weight", None)
+        keys = [k for k in shared if k in g_small]
+        if keys:
+            small_grads = torch.autograd.grad([shared[k] for k in keys], [x_graph] + params,
+                                              [g_small[k] for k in keys], allow_unused=True)
+            if small_grads[0] is not None:
+                g_x += small_grads[0]
+            add_params(small_grads[1:])
+        need_x, need_f, need_sw = ctx.needs_input_grad[3:6]
+        param_grads: list = [None] * len(all_params)
+        for i, g in zip(trainable, g_params):
+            param_grads[i] = g
+        return (None, None, None, g_x if need_x else None, g_feats if need_f else None,
+                g_sw if need_sw else None, *param_grads)
 
 
 def init_weights(module: nn.Module, gain: float = 0.02) -> None:

@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ccfpse.nn.blocks import ConvUnit, init_weights
-from ccfpse.nn.label_conv import LabelMap, label_conv
+from ccfpse.nn.label_conv import LabelMap, as_label_map, label_conv
 
 ENCODER_CHANNELS = (1, 2, 4, 8, 8)  # multipliers of ndf for enc1..enc5
 
@@ -37,7 +37,7 @@ class FPSEDiscriminator(nn.Module):
         init_weights(self)
 
     def forward(
-        self, image: torch.Tensor, semantics: torch.Tensor
+        self, image: torch.Tensor, semantics: torch.Tensor | LabelMap
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Returns (features f2..f5 for feature matching, score maps at 1/4, 1/8, 1/16)."""
         features = []
@@ -52,7 +52,7 @@ class FPSEDiscriminator(nn.Module):
         t3 = upsample2x_bilinear(t4) + lat3(f3)
         t2 = upsample2x_bilinear(t3) + lat2(f2)
 
-        labels = LabelMap(semantics, self.label_channels)
+        labels = as_label_map(semantics, self.label_channels)
         embedding = label_conv(self.embedding.weight, self.embedding.bias, labels)
         embeddings = []
         for _ in range(4):  # 1/2, 1/4, 1/8, 1/16

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ccfpse.config import ModelConfig, latent_grid
 from ccfpse.nn.blocks import LRELU_SLOPE, CondConvBlock, ConvUnit, init_weights
-from ccfpse.nn.label_conv import LabelMap, label_conv
+from ccfpse.nn.label_conv import LabelMap, as_label_map, label_conv
 
 # Channel multipliers of ngf for the seven blocks' inputs and outputs:
 # head_0, G_middle_0, G_middle_1, up_0, up_1, up_2, up_3.
@@ -97,22 +97,25 @@ class CCFPSEGenerator(nn.Module):
         for block in self.blocks:
             block.checkpoint = enabled
 
-    def forward(self, semantics: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        """semantics: (N, semantic_nc, H, W) one-hot [+ instance edges]; z: (N, z_dim) or None."""
-        if semantics.dim() != 4 or semantics.shape[1] != self.semantic_nc:
-            raise ValueError(
-                f"generator expects semantics of shape (N, {self.semantic_nc}, H, W), "
-                f"got {tuple(semantics.shape)}"
-            )
+    def forward(self, semantics: torch.Tensor | LabelMap, z: torch.Tensor | None = None) -> torch.Tensor:
+        """semantics: (N, semantic_nc, H, W) one-hot [+ instance edges], or a ``LabelMap`` of
+        them; z: (N, z_dim) or None."""
+        if isinstance(semantics, LabelMap):
+            shape = (semantics.batch_size, semantics.num_channels, *semantics.shape)
+        else:
+            shape = tuple(semantics.shape)
+        if len(shape) != 4 or shape[1] != self.semantic_nc:
+            raise ValueError(f"generator expects semantics of shape (N, {self.semantic_nc}, H, W), got {shape}")
+        full = as_label_map(semantics, self.label_channels)
         sh, sw = self.latent_size
+        dtype = self.conv_img.weight.dtype if isinstance(semantics, LabelMap) else semantics.dtype
         if self.use_vae:
             if z is None:
-                z = torch.randn(semantics.shape[0], self.z_dim, device=semantics.device)
-            x = self.fc(z.to(semantics.dtype)).view(-1, BLOCK_CHANNELS[0] * self.ngf, sh, sw)
+                z = torch.randn(full.batch_size, self.z_dim, device=full.device)
+            x = self.fc(z.to(dtype)).view(-1, BLOCK_CHANNELS[0] * self.ngf, sh, sw)
         else:
-            x = self.fc(F.interpolate(semantics, size=(sh, sw), mode="nearest"))
+            x = self.fc(full.resized((sh, sw)).dense.to(dtype))
 
-        full = LabelMap(semantics, self.label_channels)
         pyramid = self.pyramid(full)
         labels = {full.shape: full}  # the label map at each block's size
         for block, (level, upsample) in zip(self.blocks, self.schedule):

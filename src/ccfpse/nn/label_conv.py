@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ccfpse.winograd import conv3x3
+
 _CODE_LIMIT = 2**62
 
 
@@ -25,30 +27,85 @@ class LabelMap:
     """A conditioning map (N, C, H, W) whose first ``num_classes`` channels may be one-hot.
 
     ``index`` holds the class of every pixel (N, H, W) when those channels are exactly one-hot,
-    else None (then only the dense map is used); ``extra`` are the channels after them."""
+    else None (then only the dense map is used); ``extra`` are the channels after them. Built
+    from a dense map (``LabelMap(semantics, num_classes)``, which detects one-hot channels) or
+    from class indices (``LabelMap.from_index``, which never builds the one-hot map unless a
+    dense path asks for ``dense``)."""
 
-    def __init__(self, semantics: Tensor, num_classes: int, index: Tensor | None = None,
-                 check: bool = True) -> None:
-        self.dense, self.num_classes = semantics, num_classes
-        self.index = index if index is not None or not check else onehot_index(semantics[:, :num_classes])
+    def __init__(self, semantics: Tensor | None, num_classes: int, index: Tensor | None = None,
+                 check: bool = True, extra: Tensor | None = None) -> None:
+        self._dense, self.num_classes = semantics, num_classes
+        if index is None and check and semantics is not None:
+            index = onehot_index(semantics[:, :num_classes])
+        self.index = index
+        self._extra = extra
+        if semantics is None and (index is None or extra is None):
+            raise ValueError("LabelMap needs the dense map, or the class indices and the extra channels")
         self._patterns: dict[int, tuple[Tensor, Tensor]] = {}
+        self._resized: dict[tuple[int, int], LabelMap] = {}
+
+    @classmethod
+    def from_index(cls, index: Tensor, num_classes: int, extra: Tensor | None = None) -> "LabelMap":
+        """From class indices (N, H, W) and the channels that follow the one-hot ones (N, E, H, W)."""
+        if extra is None:
+            extra = torch.zeros((index.shape[0], 0, *index.shape[1:]), device=index.device)
+        return cls(None, num_classes, index=index.long(), extra=extra)
 
     @property
     def shape(self) -> tuple[int, int]:
-        return tuple(self.dense.shape[2:])
+        return tuple((self.index if self.index is not None else self._dense).shape[-2:])
+
+    @property
+    def batch_size(self) -> int:
+        return (self.index if self.index is not None else self._dense).shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return (self.index if self.index is not None else self._dense).device
+
+    @property
+    def num_channels(self) -> int:
+        return self.num_classes + self.extra.shape[1]
 
     @property
     def extra(self) -> Tensor:
-        return self.dense[:, self.num_classes:]
+        if self._extra is None:
+            self._extra = self._dense[:, self.num_classes:]
+        return self._extra
+
+    @property
+    def dense(self) -> Tensor:
+        """The (N, C, H, W) map (one-hot classes, then the extra channels), built on first use."""
+        if self._dense is None:
+            onehot = F.one_hot(self.index, self.num_classes).permute(0, 3, 1, 2).to(self.extra.dtype)
+            self._dense = torch.cat([onehot, self.extra], 1).contiguous()
+        return self._dense
+
+    def repeat(self, times: int) -> "LabelMap":
+        """The batch repeated ``times`` times (as ``torch.cat([semantics] * times)``)."""
+        if self.index is None:
+            return LabelMap(torch.cat([self._dense] * times), self.num_classes, check=False)
+        return LabelMap(None, self.num_classes, index=torch.cat([self.index] * times),
+                        extra=torch.cat([self.extra] * times))
 
     def resized(self, size: tuple[int, int]) -> "LabelMap":
-        """The map at another size, as ``F.interpolate(..., mode="nearest")`` would give it."""
-        dense = F.interpolate(self.dense, size=size, mode="nearest")
+        """The map at another size, as ``F.interpolate(..., mode="nearest")`` would give it
+        (kept, with its neighbourhood patterns, for the next call)."""
+        size = tuple(size)
+        if size == self.shape:
+            return self
+        if size not in self._resized:
+            self._resized[size] = self._resize(size)
+        return self._resized[size]
+
+    def _resize(self, size: tuple[int, int]) -> "LabelMap":
         if self.index is None:
-            return LabelMap(dense, self.num_classes, check=False)
+            return LabelMap(F.interpolate(self._dense, size=size, mode="nearest"), self.num_classes, check=False)
         # Nearest resizing picks the same source pixels for the index map (exact below 2**24).
         index = F.interpolate(self.index[:, None].float(), size=size, mode="nearest")[:, 0].long()
-        return LabelMap(dense, self.num_classes, index=index)
+        extra = F.interpolate(self.extra, size=size, mode="nearest") if self.extra.shape[1] else \
+            self.extra.new_zeros((self.extra.shape[0], 0, *size))
+        return LabelMap(None, self.num_classes, index=index, extra=extra)
 
     def patterns(self, k: int) -> tuple[Tensor, Tensor]:
         """(bags, inverse): ``bags`` (U, k*k) rows of the (k*k*(S+1), out) weight table of every
@@ -57,6 +114,10 @@ class LabelMap:
         if k not in self._patterns:
             self._patterns[k] = _patterns(self.index, self.num_classes, k)
         return self._patterns[k]
+
+
+def as_label_map(semantics: Tensor | LabelMap, num_classes: int) -> LabelMap:
+    return semantics if isinstance(semantics, LabelMap) else LabelMap(semantics, num_classes)
 
 
 def onehot_index(onehot: Tensor) -> Tensor | None:
@@ -91,18 +152,21 @@ def _patterns(index: Tensor, num_classes: int, k: int) -> tuple[Tensor, Tensor]:
 
 
 class _LookupConv(torch.autograd.Function):
+    """Output rows of a one-hot convolution: ``inverse`` (N, rows * W) holds the pattern of each
+    of their pixels."""
+
     @staticmethod
     def forward(ctx, weight: Tensor, bags: Tensor, inverse: Tensor, size: tuple[int, int]) -> Tensor:
         out_ch, classes, k = weight.shape[0], weight.shape[1], weight.shape[2]
         table = F.pad(weight.permute(2, 3, 1, 0), (0, 0, 0, 1)).reshape(k * k * (classes + 1), out_ch)
         per_pattern = F.embedding_bag(bags, table, mode="sum").t().contiguous()  # (out, U)
         n = inverse.shape[0]
-        out = weight.new_empty(n, out_ch, inverse.shape[1])
+        out = weight.new_empty(n, out_ch, *size)
         for i in range(n):  # written straight into NCHW order
-            torch.index_select(per_pattern, 1, inverse[i], out=out[i])
+            torch.index_select(per_pattern, 1, inverse[i], out=out[i].view(out_ch, -1))
         ctx.save_for_backward(bags, inverse)
         ctx.weight_shape = weight.shape
-        return out.view(n, out_ch, *size)
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -113,24 +177,73 @@ class _LookupConv(torch.autograd.Function):
         per_pattern = grad.new_zeros(out_ch, bags.shape[0])
         for i in range(n):
             per_pattern.scatter_add_(1, inverse[i].expand(out_ch, p), grad[i])
-        table = grad.new_zeros(k * k * (classes + 1), out_ch)
-        table.index_add_(0, bags.reshape(-1), per_pattern.t().repeat_interleave(k * k, dim=0))
+        # Each pattern's gradient goes to the weight columns of its k*k taps: one index_add per tap.
+        table = grad.new_zeros(k * k, classes + 1, out_ch)
+        per_pattern = per_pattern.t()
+        for tap in range(k * k):
+            table[tap].index_add_(0, bags[:, tap] - tap * (classes + 1), per_pattern)
         g_weight = table.view(k, k, classes + 1, out_ch)[:, :, :classes].permute(3, 2, 0, 1)
         return g_weight, None, None, None
 
 
-def label_conv(weight: Tensor, bias: Tensor | None, labels: LabelMap, feats: Tensor | None = None) -> Tensor:
-    """``F.conv2d(cat([labels.dense, feats]), weight, bias, padding=k // 2)`` (stride 1, odd k),
-    with the one-hot channels looked up when ``labels.index`` is known."""
+class Rows:
+    """Rows [start, start + t.shape[2]) of a map that is ``height`` rows tall (a strip of it, or
+    the whole map), indexed by absolute row numbers."""
+
+    def __init__(self, t: Tensor, start: int = 0, height: int | None = None) -> None:
+        self.t, self.start = t, start
+        self.height = start + t.shape[2] if height is None else height
+
+    def rows(self, a: int, b: int) -> Tensor:
+        if a < self.start or b > self.start + self.t.shape[2]:
+            raise IndexError(f"rows [{a}, {b}) are outside the strip [{self.start}, {self.start + self.t.shape[2]})")
+        return self.t[:, :, a - self.start : b - self.start]
+
+    @property
+    def channels(self) -> int:
+        return self.t.shape[1]
+
+
+def halo(rows: tuple[int, int], height: int) -> tuple[int, int]:
+    """The rows a 3x3 convolution reads for output rows [a, b): one more on each side, within
+    the map."""
+    return max(0, rows[0] - 1), min(height, rows[1] + 1)
+
+
+def conv_rows(x: Rows, weight: Tensor, bias: Tensor | None, rows: tuple[int, int]) -> Tensor:
+    """Output rows [a, b) of ``F.conv2d(x, weight, bias, padding=k // 2)`` (stride 1, k = 1 or
+    3) over the whole map, reading only the rows of ``x`` they need."""
+    a, b = rows
     k = weight.shape[-1]
-    parts = [labels.dense] + ([feats] if feats is not None else [])
-    if labels.index is None:
-        return F.conv2d(torch.cat(parts, 1) if len(parts) > 1 else parts[0], weight, bias, padding=k // 2)
+    if k == 1:
+        return F.conv2d(x.rows(a, b), weight, bias)
+    if k != 3:
+        raise ValueError(f"conv_rows: 1x1 or 3x3 kernels only, got {k}x{k}")
+    return conv3x3(x.rows(*halo(rows, x.height)), weight, bias, pad_top=1 if a == 0 else 0, out_rows=b - a)
+
+
+def label_conv(weight: Tensor, bias: Tensor | None, labels: LabelMap, feats: Tensor | Rows | None = None,
+               rows: tuple[int, int] | None = None) -> Tensor:
+    """``F.conv2d(cat([labels.dense, feats]), weight, bias, padding=k // 2)`` (stride 1, k = 1 or
+    3), or only its output rows [a, b) when ``rows`` is given (``feats`` may then be a strip of
+    rows holding those that are needed); the one-hot channels are looked up when
+    ``labels.index`` is known."""
+    h, w = labels.shape
+    a, b = rows if rows is not None else (0, h)
+    if isinstance(feats, Tensor):
+        feats = Rows(feats)
     s = labels.num_classes
+    if labels.index is None:
+        dense = Rows(labels.dense)
+        if feats is not None:  # the rows this needs, as one map
+            lo, hi = halo((a, b), h) if weight.shape[-1] == 3 else (a, b)
+            dense = Rows(torch.cat([dense.rows(lo, hi), feats.rows(lo, hi)], 1), lo, h)
+        return conv_rows(dense, weight, bias, (a, b))
+    k = weight.shape[-1]
     bags, inverse = labels.patterns(k)
-    out = _LookupConv.apply(weight[:, :s], bags, inverse, labels.shape)
-    rest = [t for t in (labels.extra, feats) if t is not None and t.shape[1]]
-    if rest:
-        dense_in = torch.cat(rest, 1) if len(rest) > 1 else rest[0]
-        return F.conv2d(dense_in, weight[:, s:], bias, padding=k // 2).add_(out)
-    return out + bias.view(1, -1, 1, 1) if bias is not None else out
+    out = _LookupConv.apply(weight[:, :s], bags, inverse[:, a * w : b * w], (b - a, w))
+    extra = labels.extra
+    for start, part in ((s, Rows(extra) if extra.shape[1] else None), (s + extra.shape[1], feats)):
+        if part is not None and part.channels:
+            out = out.add_(conv_rows(part, weight[:, start : start + part.channels], None, (a, b)))
+    return out.add_(bias.view(1, -1, 1, 1)) if bias is not None else out

@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from ccfpse.nn.norm import GlooSyncBatchNorm
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -67,44 +69,6 @@ def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
     t = torch.tensor([int(flag)], device=device)
     dist.broadcast(t, src=0)
     return bool(t.item())
-
-
-def _differentiable_all_reduce(t: torch.Tensor) -> torch.Tensor:
-    import warnings
-
-    from torch.distributed.nn.functional import all_reduce
-
-    with warnings.catch_warnings():  # deprecated, but its suggested successor has no autograd
-        warnings.simplefilter("ignore", FutureWarning)
-        return all_reduce(t)
-
-
-class GlooSyncBatchNorm(nn.BatchNorm2d):
-    """BatchNorm whose training statistics cover the global batch of all ranks, for devices
-    where ``nn.SyncBatchNorm`` is not supported (the CPU with gloo). All-reduces of per-channel
-    sums; ``torch.distributed.nn`` makes it differentiable, so gradients flow through the global
-    statistics exactly as in SyncBatchNorm."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized()):
-            return super().forward(x)
-        c = x.shape[1]
-        count = x.new_full((1,), x.numel() / c)
-        sums = _differentiable_all_reduce(torch.cat([x.sum((0, 2, 3)), count]))
-        total = sums[-1]
-        mean = sums[:c] / total
-        # Two passes: E[x^2] - E[x]^2 loses precision when the mean dominates (one-hot inputs).
-        var = _differentiable_all_reduce((x - mean[None, :, None, None]).square().sum((0, 2, 3))) / total
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked += 1
-                m = self.momentum if self.momentum is not None else 1 / float(self.num_batches_tracked)
-                self.running_mean.lerp_(mean.detach(), m)
-                self.running_var.lerp_(var.detach() * total / (total - 1).clamp_min(1), m)
-        out = (x - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
-        if self.affine:
-            out = out * self.weight[None, :, None, None] + self.bias[None, :, None, None]
-        return out
 
 
 def convert_sync_batchnorm(module: nn.Module, device_type: str) -> nn.Module:

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from ccfpse.config import Config, ConfigError
 from ccfpse.devices import pick_device
-from ccfpse.data.semantics import make_semantics
+from ccfpse.data.semantics import make_label_map
 from ccfpse.errors import CCFPSEError, CheckpointError
 from ccfpse.nn import build_networks, reparameterize
 from ccfpse.train import checkpoint as ckpt
@@ -162,6 +162,8 @@ def train(cfg: Config, run_dir: str | Path, device: str | None = None, progress:
     G_ema = copy.deepcopy(G).eval().requires_grad_(False) if t.use_ema else None
     if t.checkpoint_activations:
         G.set_checkpointing(True)
+        if G_ema is not None:  # its samples, too, in strips
+            G_ema.set_checkpointing(True)
         return_large_blocks_to_os()
     generator = GeneratorWithEncoder(G, E).to(device_)
     if dist_info.enabled:
@@ -237,10 +239,11 @@ def train(cfg: Config, run_dir: str | Path, device: str | None = None, progress:
     autocast = torch.autocast(device_.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision, torch.float32),
                               enabled=t.precision in ("bf16", "fp16"))
 
-    def to_batch(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def to_batch(batch: dict):
+        # Class indices (and instance edges), not the one-hot map: the networks look it up.
         label = batch["label"].to(device_, non_blocking=True)
         instance = batch["instance"].to(device_, non_blocking=True) if m.use_instance else None
-        return make_semantics(label, m.num_label_channels, instance), batch["image"].to(device_, non_blocking=True)
+        return make_label_map(label, m.num_label_channels, instance), batch["image"].to(device_, non_blocking=True)
 
     def checkpoint_state() -> dict:
         rngs = ckpt.rng_state()
@@ -315,7 +318,7 @@ def train(cfg: Config, run_dir: str | Path, device: str | None = None, progress:
                 with autocast:
                     with torch.no_grad():
                         fake, _, _ = generator(semantics, real)
-                    _, preds = D(torch.cat([fake.detach(), real]), torch.cat([semantics, semantics]))
+                    _, preds = D(torch.cat([fake.detach(), real]), semantics.repeat(2))
                     d_loss = d_hinge_loss([p[len(fake):] for p in preds], [p[: len(fake)] for p in preds])
                 losses["D_hinge"] = d_loss
                 check_finite(d_loss, losses, step, last_saved, dist_info)

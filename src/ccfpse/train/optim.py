@@ -11,6 +11,10 @@ format (either loads the other's), with three savings:
   GradScaler must see all gradients before stepping, so the training loop turns it off for both.
 - It is not a ``torch.optim.Optimizer``, whose constructor imports torch._dynamo (and Triton):
   ~150 MB of resident memory a training run without ``--compile`` does not need.
+
+float32 parameters on the CPU are updated by one C loop (``ccfpse/csrc/adam.c``): one pass over
+parameter, gradient and moments, no temporaries, and no square roots of denormal second moments
+(torch's vectorised sqrt is ~30x slower on those; they cannot change the update).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from collections.abc import Iterable
 
 import torch
 from torch import Tensor
+
+from ccfpse import native
 
 
 class Adam:
@@ -66,6 +72,14 @@ class Adam:
         state["step"] = state["step"] + 1
         step = state["step"].item()
         exp_avg_sq = state["exp_avg_sq"]
+        lib = _fast_path(p, grad, state)
+        if lib is not None:
+            m = state.get("exp_avg")
+            lib.adam_step_f32(p.data_ptr(), grad.data_ptr(), exp_avg_sq.data_ptr(), None if m is None else m.data_ptr(),
+                              p.numel(), group["lr"] / (1 - beta1**step), beta1, beta2, group["eps"],
+                              (1 - beta2**step) ** 0.5, native.threads(p.numel()))
+            _bump_version(p)  # written through its pointer: let autograd know, as an in-place op would
+            return
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         denom = exp_avg_sq.sqrt().div_((1 - beta2**step) ** 0.5).add_(group["eps"])
         if beta1 > 0:
@@ -121,3 +135,17 @@ class Adam:
                 if key != "step" and torch.is_tensor(value):
                     s[key] = value.to(device=p.device, dtype=p.dtype)
             self.state[p] = s
+
+
+def _fast_path(p: Tensor, grad: Tensor, state: dict):
+    """The C library when this parameter's update can run there (contiguous float32 on CPU)."""
+    tensors = [p, grad, state["exp_avg_sq"]] + ([state["exp_avg"]] if "exp_avg" in state else [])
+    if not all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors):
+        return None
+    return native.lib()
+
+
+def _bump_version(t: Tensor) -> None:
+    increment = getattr(torch.autograd.graph, "increment_version", None)  # torch >= 2.1
+    if increment is not None:
+        increment(t)

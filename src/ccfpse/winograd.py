@@ -1,0 +1,219 @@
+"""3x3 convolutions by Winograd's minimal filtering F(4x4, 3x3) on the CPU.
+
+Most of CC-FPSE's arithmetic is 3x3, stride-1 convolutions with 128 or more input channels (the
+kernel predictors, their gates, SPADE's gamma and beta). Winograd's algorithm computes each 4x4
+block of outputs from a 6x6 block of inputs with 36 channel products instead of 144 (Lavin and
+Gray, "Fast Algorithms for Convolutional Neural Networks", 2016): transform the input tiles
+(``V = B^T d B``) and the filters (``U = G g G^T``), multiply them channel-wise at each of the 36
+positions (36 matrix products, ``torch.bmm``), transform back (``Y = A^T M A``). The same
+convolution in exact arithmetic; in float32 the error is about ten times that of a direct
+convolution (measured relative RMS error 2.4e-6, maximum 1.1e-5 of the largest output, against
+2.2e-7 and 3e-7 for oneDNN's direct convolution; tests/test_winograd.py). Gradients are the
+transposed transforms with the same products.
+
+The tile transforms are C (``ccfpse/csrc/winograd.c``, built by ``ccfpse.native``); the work is
+cut into chunks of tile rows so that the transformed tensors stay small (``CHUNK_BYTES``).
+``conv3x3`` uses this path for float32 on CPU when the map and the channel counts are large
+enough to profit (``MIN_PIXELS``, ``MIN_CHANNELS``, ``MIN_FILTERS``) and otherwise ``F.conv2d`` (GPUs: cuDNN picks its own algorithms, Winograd
+among them). ``CCFPSE_NO_EXT=1`` turns it off with the other compiled kernels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ccfpse import native
+from ccfpse.ops import autocast_state
+
+# Filter transform G (6 x 3) of F(4x4, 3x3) for the interpolation points 0, 1, -1, 2, -2, inf;
+# the input and output transforms are spelt out in the C source.
+_G = torch.tensor(
+    [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+     [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]],
+    dtype=torch.float64,
+)
+# Where the Winograd path is faster than oneDNN's direct convolution on 2-core x86
+# (bench/bench_winograd.py): maps of at least MIN_PIXELS output pixels (N * rows * W; smaller
+# ones are dominated by the transforms), at least MIN_CHANNELS input and MIN_FILTERS output
+# channels (with fewer, the products are too thin to gain on the transforms). The kernel
+# predictors (128 -> 9 * C channels) are the convolutions this is for.
+MIN_PIXELS = 4096
+MIN_CHANNELS = 32
+MIN_FILTERS = 64
+# Bytes of the larger of the two transformed tensors of one chunk (36 x channels x tiles).
+CHUNK_BYTES = 8 * 2**20
+
+
+_GG = torch.kron(_G, _G)  # (36, 9): row a*6+b, column i*3+j holds G[a, i] * G[b, j]
+
+
+def winograd_weight(weight: Tensor) -> Tensor:
+    """(K, C, 3, 3) filters -> (36, K, C): ``G g G^T`` of every filter, position-major (one
+    matrix product; differentiable)."""
+    k, c = weight.shape[:2]
+    gg = _GG.to(dtype=weight.dtype, device=weight.device)
+    return torch.mm(gg, weight.reshape(k * c, 9).t()).view(36, k, c)
+
+
+def _weight_grad(grad_u: Tensor, k: int, c: int) -> Tensor:
+    """The gradient of ``winograd_weight`` (its transpose): (36, K, C) -> (K, C, 3, 3)."""
+    gg = _GG.to(dtype=grad_u.dtype, device=grad_u.device)
+    return torch.mm(grad_u.reshape(36, k * c).t(), gg).view(k, c, 3, 3)
+
+
+def _geometry(x: Tensor, out_rows: int) -> tuple[int, int]:
+    """(tile rows, tile columns) of the output."""
+    return (out_rows + 3) // 4, (x.shape[3] + 3) // 4
+
+
+def _chunks(th: int, tw: int, n: int, channels: int) -> list[tuple[int, int]]:
+    """(first tile row, tile rows) of each chunk."""
+    rows = max(1, min(th, CHUNK_BYTES // max(1, 36 * channels * n * tw * 4)))
+    return [(t0, min(rows, th - t0)) for t0 in range(0, th, rows)]
+
+
+def _transformed(channels: int, tiles: int) -> tuple[Tensor, Tensor]:
+    """A (channels, 36, tiles) buffer, the layout of the C transforms, and its (36, channels,
+    tiles) view for the products."""
+    buf = torch.empty((channels, 36, tiles), dtype=torch.float32)
+    return buf, buf.permute(1, 0, 2)
+
+
+def _input_transform(lib, x: Tensor, pad_top: int, t0: int, nty: int, tw: int) -> Tensor:
+    n, c, h, w = x.shape
+    v, v_view = _transformed(c, n * nty * tw)
+    lib.wino_input(x.data_ptr(), v.data_ptr(), n, c, h, w, x.stride(0), x.stride(1), pad_top, t0, nty, tw,
+                   native.threads(v.numel()))
+    return v_view
+
+
+def _forward(lib, x: Tensor, u: Tensor, bias: Tensor | None, pad_top: int, out_rows: int) -> Tensor:
+    n, _, _, w = x.shape
+    k = u.shape[1]
+    th, tw = _geometry(x, out_rows)
+    y = torch.empty((n, k, out_rows, w), dtype=torch.float32)
+    for t0, nty in _chunks(th, tw, n, max(k, x.shape[1])):
+        m, m_view = _transformed(k, n * nty * tw)
+        torch.bmm(u, _input_transform(lib, x, pad_top, t0, nty, tw), out=m_view)
+        lib.wino_output(m.data_ptr(), y.data_ptr(), None if bias is None else bias.data_ptr(), n, k, out_rows, w,
+                        t0, nty, tw, native.threads(m.numel()))
+    return y
+
+
+def _backward(lib, x: Tensor, u: Tensor, gy: Tensor, pad_top: int, need_x: bool, need_u: bool):
+    n, c, h, w = x.shape
+    k, out_rows = u.shape[1], gy.shape[2]
+    th, tw = _geometry(x, out_rows)
+    gx = torch.zeros((n, c, h, w), dtype=torch.float32) if need_x else None
+    gu = None
+    for t0, nty in _chunks(th, tw, n, max(k, c)):
+        gm, gm_view = _transformed(k, n * nty * tw)
+        lib.wino_output_t(gy.data_ptr(), gm.data_ptr(), n, k, out_rows, w, t0, nty, tw, native.threads(gm.numel()))
+        if need_u:
+            v = _input_transform(lib, x, pad_top, t0, nty, tw).transpose(1, 2)
+            gu = torch.bmm(gm_view, v) if gu is None else gu.baddbmm_(gm_view, v)
+        if need_x:
+            gv, gv_view = _transformed(c, n * nty * tw)
+            torch.bmm(u.transpose(1, 2), gm_view, out=gv_view)
+            lib.wino_input_t(gv.data_ptr(), gx.data_ptr(), n, c, h, w, pad_top, t0, nty, tw, native.threads(gv.numel()))
+    return gx, gu
+
+
+class _WinogradConv3x3(torch.autograd.Function):
+    """``weight`` is either (K, C, 3, 3) (transformed here, and again in backward, so nothing
+    larger than the filters is saved) or already transformed (36, K, C)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, pad_top: int, out_rows: int, lib) -> Tensor:
+        ctx.lib, ctx.pad_top = lib, pad_top
+        ctx.save_for_backward(x, weight)
+        u = weight if weight.dim() == 3 else winograd_weight(weight)
+        return _forward(lib, x, u.contiguous(), None if bias is None else bias.contiguous(), pad_top, out_rows)
+
+    @staticmethod
+    def backward(ctx, gy: Tensor):
+        if torch.is_grad_enabled():
+            raise RuntimeError("conv3x3 (Winograd path): double backward is not supported")
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        u = weight if weight.dim() == 3 else winograd_weight(weight)
+        gx, gu = _backward(ctx.lib, x, u.contiguous(), gy.contiguous(), ctx.pad_top, need_x, need_w)
+        gw = None
+        if need_w:
+            gw = gu if weight.dim() == 3 else _weight_grad(gu, *weight.shape[:2])
+        gb = gy.sum((0, 2, 3)) if need_b else None
+        return gx, gw, gb, None, None, None
+
+
+def _winograd_lib(x: Tensor, weight: Tensor, out_rows: int):
+    """The compiled library when the Winograd path applies and pays off here, else None."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
+        return None
+    k, c = (weight.shape[1], weight.shape[2]) if weight.dim() == 3 else weight.shape[:2]
+    if x.shape[0] * out_rows * x.shape[3] < MIN_PIXELS or c < MIN_CHANNELS or k < MIN_FILTERS:
+        return None
+    if autocast_state("cpu") is not None:
+        return None
+    return native.lib()
+
+
+def _check(x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
+    def fail(problem: str):
+        raise ValueError(f"conv3x3: {problem} (x {tuple(x.shape)}, weight {tuple(weight.shape)}, "
+                         f"bias {None if bias is None else tuple(bias.shape)})")
+
+    if x.dim() != 4:
+        fail("x must be 4-D (N, C, H, W)")
+    if weight.dim() == 4:
+        if tuple(weight.shape[1:]) != (x.shape[1], 3, 3):
+            fail(f"weight must be (K, {x.shape[1]}, 3, 3)")
+    elif weight.dim() == 3:
+        if weight.shape[0] != 36 or weight.shape[2] != x.shape[1]:
+            fail(f"a Winograd-transformed weight must be (36, K, {x.shape[1]})")
+    else:
+        fail("weight must be (K, C, 3, 3) or Winograd-transformed (36, K, C)")
+    k = weight.shape[0] if weight.dim() == 4 else weight.shape[1]
+    if bias is not None and (tuple(bias.shape) != (k,) or bias.dtype != x.dtype or bias.device != x.device):
+        fail(f"bias must be a ({k},) tensor of x's dtype and device")
+
+
+def conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None = None, pad_top: int = 1,
+            out_rows: int | None = None) -> Tensor:
+    """``F.conv2d(x, weight, bias, padding=1)`` (3x3, stride 1), generalised to strips of rows:
+    ``pad_top`` zero rows (0 or 1) above ``x`` and ``out_rows`` output rows (default: as many as
+    ``x`` has, i.e. one zero row below too when ``pad_top`` is 1); rows below ``x`` that the
+    output needs are zero. Columns are always padded by one.
+
+    ``weight`` (K, C, 3, 3), or already Winograd-transformed (36, K, C) by ``winograd_weight``
+    (to transform once for many strips; then only the Winograd path is possible).
+    """
+    _check(x, weight, bias)
+    h = x.shape[2]
+    out_rows = h + 2 * pad_top - 2 if out_rows is None else out_rows
+    pad_bottom = out_rows + 2 - pad_top - h
+    if not (pad_top in (0, 1) and pad_bottom in (0, 1) and out_rows > 0):
+        raise ValueError(
+            f"conv3x3: {out_rows} output rows cannot come from {h} input rows with {pad_top} padding rows "
+            "above (each output row needs its row and the rows next to it, at most one zero row each side)"
+        )
+    lib = _winograd_lib(x, weight, out_rows)
+    if weight.dim() == 3:
+        if lib is None:
+            raise ValueError("conv3x3: Winograd-transformed weights need the Winograd path (float32 on CPU)")
+        return _WinogradConv3x3.apply(x, weight, bias, pad_top, out_rows, lib)
+    if lib is None:
+        if pad_top != pad_bottom:
+            x = F.pad(x, (0, 0, pad_top, pad_bottom))
+            pad_top = 0
+        return F.conv2d(x, weight, bias, padding=(pad_top, 1))
+    if x.stride(3) != 1 or (x.stride(2) != x.shape[3] and h > 1):
+        x = x.contiguous()
+    return _WinogradConv3x3.apply(x, weight, bias, pad_top, out_rows, lib)
+
+
+def uses_winograd(x: Tensor, weight: Tensor, pad_top: int = 1, out_rows: int | None = None) -> bool:
+    """Whether ``conv3x3(x, weight, bias, pad_top, out_rows)`` takes the Winograd path."""
+    out_rows = x.shape[2] + 2 * pad_top - 2 if out_rows is None else out_rows
+    return _winograd_lib(x, weight, out_rows) is not None
