@@ -54,7 +54,7 @@ from ccfpse.config import ModelConfig  # noqa: E402
 from ccfpse.data.semantics import make_label_map  # noqa: E402
 from ccfpse.nn import build_networks, reparameterize  # noqa: E402
 from ccfpse.train.losses import d_hinge_loss, feature_matching_loss, g_hinge_loss, kld_loss  # noqa: E402
-from ccfpse.train.memory import return_large_blocks_to_os  # noqa: E402
+from ccfpse.train.memory import keep_freed_memory  # noqa: E402
 from ccfpse.train.optim import Adam  # noqa: E402
 
 LAMBDA_FEAT, LAMBDA_KLD = 10.0, 0.05
@@ -256,7 +256,8 @@ def run(args) -> dict:
     G, D, E = build(args.impl, cfg)
     if args.checkpointing:  # what --checkpoint-activations does
         G.set_checkpointing(True)
-        return_large_blocks_to_os()
+    if args.impl == "ours":  # as ccfpse train does on the CPU
+        keep_freed_memory()
     trainer = Trainer(G, D, E, args.impl == "official", args.d_grads_in_g_step)
     batch = make_batch(args.batch, args.size, cfg.semantic_nc)
     rss_setup = current_rss_gib()
@@ -471,33 +472,45 @@ def config_flags(c: dict) -> list[str]:
 
 
 def drive(args) -> None:
+    """Every variant of every config in its own process; with ``--rounds R`` the variants take
+    turns R times (the machine's speed drifts, so side by side means interleaved), and the table
+    gives the median over the rounds of each process's median step time and peak RSS."""
     print(f"torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} CPUs; "
-          f"{args.steps or '3 (a) or 2 (b)'} timed steps after 1 warm-up, 2 threads", flush=True)
+          f"{args.steps or '3 (a) or 2 (b)'} timed steps after 1 warm-up, 2 threads, {args.rounds} round(s)",
+          flush=True)
     rows = []
     for name in args.configs:
         c = CONFIGS[name]
         steps = args.steps if args.steps is not None else (3 if name == "a" else 2)
-        for variant in args.variants:
-            cmd = [sys.executable, os.path.abspath(__file__), *VARIANTS[variant], *config_flags(c),
-                   "--steps", str(steps), "--json"]
-            load0 = os.getloadavg()[0]
-            res = subprocess.run(cmd, capture_output=True, text=True)
-            if res.returncode != 0:
-                print(f"{name} {variant}: failed\n{res.stderr[-2000:]}", file=sys.stderr)
-                continue
-            r = json.loads(res.stdout.strip().splitlines()[-1])
-            r.update(variant=variant, cfg=name, load=(load0, r["loadavg"][0]))
-            rows.append(r)
-            print(f"  {name} {variant}: {r['median_step_s']:.2f} s/step, {r['peak_rss_gib']:.2f} GiB "
-                  f"(load {load0:.1f}->{r['loadavg'][0]:.1f})", file=sys.stderr, flush=True)
-    print("\n| config | implementation | s/step (median) | G step s | peak RSS GiB | vs official: speed, memory | load 1-min |")
+        runs: dict[str, list[dict]] = {v: [] for v in args.variants}
+        for rnd in range(args.rounds):
+            for variant in args.variants:
+                cmd = [sys.executable, os.path.abspath(__file__), *VARIANTS[variant], *config_flags(c),
+                       "--steps", str(steps), "--json"]
+                load0 = os.getloadavg()[0]
+                res = subprocess.run(cmd, capture_output=True, text=True)
+                if res.returncode != 0:
+                    print(f"{name} {variant}: failed\n{res.stderr[-2000:]}", file=sys.stderr)
+                    continue
+                r = json.loads(res.stdout.strip().splitlines()[-1])
+                r.update(load=(load0, r["loadavg"][0]))
+                runs[variant].append(r)
+                print(f"  {name} round {rnd + 1} {variant}: {r['median_step_s']:.2f} s/step, {r['peak_rss_gib']:.2f} GiB "
+                      f"(load {load0:.1f}->{r['loadavg'][0]:.1f})", file=sys.stderr, flush=True)
+        for variant, rs in runs.items():
+            if rs:
+                rows.append(dict(cfg=name, variant=variant, n=len(rs),
+                                 step=statistics.median(r["median_step_s"] for r in rs),
+                                 g_step=statistics.median(r["median_g_step_s"] for r in rs),
+                                 rss=statistics.median(r["peak_rss_gib"] for r in rs),
+                                 steps=[round(r["median_step_s"], 2) for r in rs]))
+    print("\n| config | implementation | s/step | G step s | peak RSS GiB | vs official: speed, memory | per round s/step |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         off = next((o for o in rows if o["cfg"] == r["cfg"] and o["variant"] == "official"), None)
-        ratio = (f"{off['median_step_s'] / r['median_step_s']:.2f}x, {r['peak_rss_gib'] / off['peak_rss_gib']:.2f}"
-                 if off else "-")
-        print(f"| {r['cfg']} | {r['variant']} | {r['median_step_s']:.2f} | {r['median_g_step_s']:.2f} | "
-              f"{r['peak_rss_gib']:.2f} | {ratio} | {r['load'][0]:.1f} -> {r['load'][1]:.1f} |")
+        ratio = f"{off['step'] / r['step']:.2f}x, {r['rss'] / off['rss']:.2f}" if off else "-"
+        print(f"| {r['cfg']} | {r['variant']} | {r['step']:.2f} | {r['g_step']:.2f} | {r['rss']:.2f} | {ratio} | "
+              f"{', '.join(map(str, r['steps']))} |")
 
 
 def main() -> None:
@@ -522,6 +535,7 @@ def main() -> None:
     p.add_argument("--check", action="store_true", help="compare one step of both impls")
     p.add_argument("--all", action="store_true", help="run the issue's configs, one process each")
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--rounds", type=int, default=1, help="--all: let the variants take turns this many times")
     p.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS),
                    help="rows of --all (default: %(default)s)")
     args = p.parse_args()

@@ -205,3 +205,43 @@ def test_strips_are_exact_in_float64_in_training_and_eval(monkeypatch, name, row
         torch.testing.assert_close(grads1[key], grads0[key], msg=key, **exact)
     for key in state0:
         torch.testing.assert_close(state1[key], state0[key], msg=key, **exact)
+
+
+def test_checkpointed_block_shares_winograd_weights_across_strips(monkeypatch):
+    """With several strips on the Winograd path, each predictor weight is transformed once per
+    pass (not per strip), and the block's output and gradients are those of the whole map."""
+    import ccfpse.nn.blocks as blocks
+    from ccfpse import native
+    from ccfpse.nn.label_conv import LabelMap
+
+    if native.lib() is None:
+        pytest.skip("no compiled kernels here (CCFPSE_NO_EXT=1 or no C compiler)")
+    torch.manual_seed(0)
+    classes, nf = 5, 4
+    block0 = blocks.CondConvBlock(16, 8, classes + nf, hidden=32)  # kernels: 32 -> 144 and 72 channels
+    blocks.init_weights(block0, gain=0.5)
+    x = torch.randn(2, 16, 64, 64, requires_grad=True)
+    feats = torch.randn(2, nf, 64, 64, requires_grad=True)
+    labels = LabelMap.from_index(torch.randint(0, classes, (2, 64, 64)), classes)
+    grad = torch.randn(2, 8, 64, 64)
+    transforms = []
+    real = blocks.winograd_weight
+    monkeypatch.setattr(blocks, "winograd_weight", lambda w: transforms.append(w.shape) or real(w))
+    monkeypatch.setattr(blocks, "STRIP_BYTES", 2 * 9 * 16 * 64 * 4 * 32)  # 32-row strips: 4096 pixels
+    import ccfpse.winograd
+
+    monkeypatch.setattr(ccfpse.winograd, "MIN_CHANNELS", 1)  # every predictor conv on the Winograd path
+    monkeypatch.setattr(ccfpse.winograd, "MIN_FILTERS", 1)
+    results = []
+    for enabled in (False, True):
+        block = copy.deepcopy(block0)
+        block.checkpoint = enabled
+        out = block(x, labels, feats)
+        results.append((out, *torch.autograd.grad(out, [x, feats, *block.parameters()], grad)))
+    assert block.strips(x) == [(0, 32), (32, 64)]
+    # Each of the six convs on the hidden maps, transformed once in forward and once in backward.
+    convs = [c.weight.shape for c in block._predictor_convs().values()]
+    assert len(convs) == 6 and transforms == convs * 2
+    # Both are Winograd in float32, summed in other orders (each ~2.5e-6 from float64 here).
+    for got, want in zip(results[1], results[0]):
+        assert ((got - want).norm() / want.norm()).item() < 1e-4

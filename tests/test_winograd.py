@@ -364,10 +364,21 @@ def test_impossible_geometry_raises(h, pad_top, out_rows):
         conv3x3(x, wt, pad_top=pad_top, out_rows=out_rows)
 
 
-@pytest.mark.parametrize("case", FALLBACKS)
+@pytest.mark.parametrize("case", [c for c in FALLBACKS if c != "min_pixels"])
 def test_transformed_weights_need_the_winograd_path(case, monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     dtype = _no_winograd(case, monkeypatch)
     x, wt, _, _ = _inputs(1, 2, 3, 6, 5, bias=False, dtype=dtype)
     with pytest.raises(ValueError, match="Winograd-transformed weights need the Winograd path"):
         conv3x3(x, winograd_weight(wt))
+
+
+def test_transformed_weights_take_the_winograd_path_whatever_the_size(monkeypatch):
+    """The caller transformed them for many strips, the last of which may be small."""
+    if native.lib() is None:
+        pytest.skip("no compiled kernels here (CCFPSE_NO_EXT=1 or no C compiler)")
+    monkeypatch.setattr(winograd, "MIN_PIXELS", 10**9)
+    x, wt, b, gy = _inputs(1, 2, 3, 6, 5)
+    y = conv3x3(x, winograd_weight(wt), b)
+    assert type(y.grad_fn).__name__ == WINOGRAD_FN
+    torch.testing.assert_close(y, F.conv2d(x, wt, b, padding=1), rtol=1e-5, atol=1e-5)

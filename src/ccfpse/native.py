@@ -53,8 +53,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         getattr(lib, f"cdw_fwd_{s}").argtypes = [p, p, p] + [i64] * 8 + [i32]
         getattr(lib, f"cdw_bwd_{s}").argtypes = [p, p, p, p, p] + [i64] * 8 + [i32]
     lib.wino_input.argtypes = [p, p] + [i64] * 10 + [i32]
-    lib.wino_output.argtypes = [p, p, p] + [i64] * 7 + [i32]
-    lib.wino_output_t.argtypes = [p, p] + [i64] * 7 + [i32]
+    lib.wino_output.argtypes = [p, p, p] + [i64] * 8 + [i32]
+    lib.wino_output_t.argtypes = [p, p] + [i64] * 8 + [i32]
     lib.wino_input_t.argtypes = [p, p] + [i64] * 8 + [i32]
     f32 = ctypes.c_float
     lib.adam_step_f32.argtypes = [p, p, p, p, i64, f32, f32, f32, f32, f32, i32]

@@ -40,9 +40,13 @@ _G = torch.tensor(
 # channels (with fewer, the products are too thin to gain on the transforms). The kernel
 # predictors (128 -> 9 * C channels) are the convolutions this is for.
 MIN_PIXELS = 4096
-MIN_CHANNELS = 32
-MIN_FILTERS = 64
-# Bytes of the larger of the two transformed tensors of one chunk (36 x channels x tiles).
+MIN_CHANNELS = 64
+MIN_FILTERS = 128
+# Tiles (of 4 x 4 output pixels) per chunk: enough for efficient matrix products.
+CHUNK_TILES = 256
+# Bytes of a transformed tensor of one chunk (36 x channels x tiles), above which the tiles or
+# the output channels are cut into smaller pieces: it should stay in the cache between the
+# product that writes it and the transform that reads it.
 CHUNK_BYTES = 8 * 2**20
 
 
@@ -68,10 +72,20 @@ def _geometry(x: Tensor, out_rows: int) -> tuple[int, int]:
     return (out_rows + 3) // 4, (x.shape[3] + 3) // 4
 
 
-def _chunks(th: int, tw: int, n: int, channels: int) -> list[tuple[int, int]]:
-    """(first tile row, tile rows) of each chunk."""
-    rows = max(1, min(th, CHUNK_BYTES // max(1, 36 * channels * n * tw * 4)))
+def _chunks(th: int, tw: int, n: int, c: int) -> list[tuple[int, int]]:
+    """(first tile row, tile rows) of each chunk: about ``CHUNK_TILES`` tiles, fewer when the
+    transformed input (36 x C x tiles) would exceed ``CHUNK_BYTES``."""
+    per_row = n * tw
+    rows = max(1, min(th, -(-CHUNK_TILES // per_row), CHUNK_BYTES // max(1, 36 * c * per_row * 4)))
     return [(t0, min(rows, th - t0)) for t0 in range(0, th, rows)]
+
+
+def _blocks(k: int, tiles: int) -> list[tuple[int, int]]:
+    """Output-channel blocks [k0, k1) whose transformed products (36 x block x tiles) stay
+    within ``CHUNK_BYTES``: the product is written by the matrix product and read back by the
+    output transform while it is still in cache."""
+    step = max(1, min(k, CHUNK_BYTES // max(1, 36 * tiles * 4)))
+    return [(k0, min(k, k0 + step)) for k0 in range(0, k, step)]
 
 
 def _transformed(channels: int, tiles: int) -> tuple[Tensor, Tensor]:
@@ -90,15 +104,18 @@ def _input_transform(lib, x: Tensor, pad_top: int, t0: int, nty: int, tw: int) -
 
 
 def _forward(lib, x: Tensor, u: Tensor, bias: Tensor | None, pad_top: int, out_rows: int) -> Tensor:
-    n, _, _, w = x.shape
+    n, c, _, w = x.shape
     k = u.shape[1]
     th, tw = _geometry(x, out_rows)
     y = torch.empty((n, k, out_rows, w), dtype=torch.float32)
-    for t0, nty in _chunks(th, tw, n, max(k, x.shape[1])):
-        m, m_view = _transformed(k, n * nty * tw)
-        torch.bmm(u, _input_transform(lib, x, pad_top, t0, nty, tw), out=m_view)
-        lib.wino_output(m.data_ptr(), y.data_ptr(), None if bias is None else bias.data_ptr(), n, k, out_rows, w,
-                        t0, nty, tw, native.threads(m.numel()))
+    for t0, nty in _chunks(th, tw, n, c):
+        tiles = n * nty * tw
+        v = _input_transform(lib, x, pad_top, t0, nty, tw)
+        for k0, k1 in _blocks(k, tiles):
+            m, m_view = _transformed(k1 - k0, tiles)
+            torch.bmm(u[:, k0:k1], v, out=m_view)
+            lib.wino_output(m.data_ptr(), y[:, k0:k1].data_ptr(), None if bias is None else bias[k0:k1].data_ptr(),
+                            n, k1 - k0, k, out_rows, w, t0, nty, tw, native.threads(m.numel()))
     return y
 
 
@@ -107,16 +124,24 @@ def _backward(lib, x: Tensor, u: Tensor, gy: Tensor, pad_top: int, need_x: bool,
     k, out_rows = u.shape[1], gy.shape[2]
     th, tw = _geometry(x, out_rows)
     gx = torch.zeros((n, c, h, w), dtype=torch.float32) if need_x else None
-    gu = None
-    for t0, nty in _chunks(th, tw, n, max(k, c)):
-        gm, gm_view = _transformed(k, n * nty * tw)
-        lib.wino_output_t(gy.data_ptr(), gm.data_ptr(), n, k, out_rows, w, t0, nty, tw, native.threads(gm.numel()))
-        if need_u:
-            v = _input_transform(lib, x, pad_top, t0, nty, tw).transpose(1, 2)
-            gu = torch.bmm(gm_view, v) if gu is None else gu.baddbmm_(gm_view, v)
+    gu = torch.zeros_like(u) if need_u else None
+    for t0, nty in _chunks(th, tw, n, c):
+        tiles = n * nty * tw
+        v = _input_transform(lib, x, pad_top, t0, nty, tw).transpose(1, 2) if need_u else None
+        gv, gv_view = _transformed(c, tiles) if need_x else (None, None)
+        for i, (k0, k1) in enumerate(_blocks(k, tiles)):
+            gm, gm_view = _transformed(k1 - k0, tiles)
+            lib.wino_output_t(gy[:, k0:k1].data_ptr(), gm.data_ptr(), n, k1 - k0, k, out_rows, w, t0, nty, tw,
+                              native.threads(gm.numel()))
+            if need_u:
+                gu[:, k0:k1].baddbmm_(gm_view, v)
+            if need_x:
+                ut = u[:, k0:k1].transpose(1, 2)
+                if i == 0:
+                    torch.bmm(ut, gm_view, out=gv_view)
+                else:
+                    gv_view.baddbmm_(ut, gm_view)
         if need_x:
-            gv, gv_view = _transformed(c, n * nty * tw)
-            torch.bmm(u.transpose(1, 2), gm_view, out=gv_view)
             lib.wino_input_t(gv.data_ptr(), gx.data_ptr(), n, c, h, w, pad_top, t0, nty, tw, native.threads(gv.numel()))
     return gx, gu
 
@@ -147,16 +172,25 @@ class _WinogradConv3x3(torch.autograd.Function):
         return gx, gw, gb, None, None, None
 
 
+def winograd_pays(pixels: int, in_channels: int, out_channels: int, like: Tensor) -> bool:
+    """Whether a 3x3 convolution of ``in_channels`` -> ``out_channels`` over ``pixels`` output
+    pixels (N * rows * W) of tensors like ``like`` runs on the Winograd path, and gains there."""
+    return (like.device.type == "cpu" and like.dtype == torch.float32 and pixels >= MIN_PIXELS
+            and in_channels >= MIN_CHANNELS and out_channels >= MIN_FILTERS
+            and autocast_state("cpu") is None and native.lib() is not None)
+
+
 def _winograd_lib(x: Tensor, weight: Tensor, out_rows: int):
-    """The compiled library when the Winograd path applies and pays off here, else None."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
+    """The compiled library when the Winograd path applies (and, unless the weight comes
+    transformed, pays off) here, else None."""
+    if weight.dim() == 3:  # the caller transformed it for this path
+        ok = (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+              and autocast_state("cpu") is None)
+        return native.lib() if ok else None
+    if weight.dtype != torch.float32:
         return None
-    k, c = (weight.shape[1], weight.shape[2]) if weight.dim() == 3 else weight.shape[:2]
-    if x.shape[0] * out_rows * x.shape[3] < MIN_PIXELS or c < MIN_CHANNELS or k < MIN_FILTERS:
-        return None
-    if autocast_state("cpu") is not None:
-        return None
-    return native.lib()
+    ok = winograd_pays(x.shape[0] * out_rows * x.shape[3], weight.shape[1], weight.shape[0], x)
+    return native.lib() if ok else None
 
 
 def _check(x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
@@ -187,7 +221,8 @@ def conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None = None, pad_top: int 
     output needs are zero. Columns are always padded by one.
 
     ``weight`` (K, C, 3, 3), or already Winograd-transformed (36, K, C) by ``winograd_weight``
-    (to transform once for many strips; then only the Winograd path is possible).
+    (to transform once for many strips; then the Winograd path is taken whatever the size, and
+    is the only one possible).
     """
     _check(x, weight, bias)
     h = x.shape[2]

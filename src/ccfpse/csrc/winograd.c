@@ -16,7 +16,9 @@
  * images. Transformed tensors (V, M and their gradients) are laid out [channels][36][tiles]
  * with tile t = (n * nty + ty - ty0) * ntx + tx: for each of the 36 positions a matrix with
  * rows 36 * tiles apart, which BLAS takes as it is, while the 36 values that one tile's
- * transform reads or writes for a channel lie within 36 * tiles floats of each other.
+ * transform reads or writes for a channel lie within 36 * tiles floats of each other. The
+ * output transforms handle K of the ky channels of y (or of its gradient gy), whose pointer the
+ * caller offsets to the first of them, so that a block of output channels is done at a time.
  *
  * Every loop over a row of pixels or of tiles is a plain loop over contiguous memory that the
  * compiler vectorises; parallel loops are over (image, channel, tile row) work items that write
@@ -187,7 +189,7 @@ void wino_input(const float *R x, float *R v, int64_t N, int64_t C, int64_t H, i
     }
 }
 
-void wino_output(const float *R m, float *R y, const float *R bias, int64_t N, int64_t K, int64_t Ho,
+void wino_output(const float *R m, float *R y, const float *R bias, int64_t N, int64_t K, int64_t ky, int64_t Ho,
                  int64_t W, int64_t ty0, int64_t nty, int64_t ntx, int nthreads) {
     const int64_t T = N * nty * ntx, ncols = 4 * ntx;
     #pragma omp parallel num_threads(nthreads)
@@ -206,18 +208,18 @@ void wino_output(const float *R m, float *R y, const float *R bias, int64_t N, i
             const int direct = ncols == W && 4 * ty + 3 < Ho;
             float *out[4];
             for (int a = 0; a < 4; ++a)
-                out[a] = direct ? y + ((n * K + k) * Ho + 4 * ty + a) * W : rowbuf + a * ncols;
+                out[a] = direct ? y + ((n * ky + k) * Ho + 4 * ty + a) * W : rowbuf + a * ncols;
             at_rows(h, h + ncols, h + 2 * ncols, h + 3 * ncols, h + 4 * ncols, h + 5 * ncols,
                     out[0], out[1], out[2], out[3], bias ? bias[k] : 0.0f, ncols);
             if (!direct)
                 for (int a = 0; a < 4 && 4 * ty + a < Ho; ++a)
-                    memcpy(y + ((n * K + k) * Ho + 4 * ty + a) * W, rowbuf + a * ncols, sizeof(float) * W);
+                    memcpy(y + ((n * ky + k) * Ho + 4 * ty + a) * W, rowbuf + a * ncols, sizeof(float) * W);
         }
         free(h);
     }
 }
 
-void wino_output_t(const float *R gy, float *R gm, int64_t N, int64_t K, int64_t Ho, int64_t W,
+void wino_output_t(const float *R gy, float *R gm, int64_t N, int64_t K, int64_t ky, int64_t Ho, int64_t W,
                    int64_t ty0, int64_t nty, int64_t ntx, int nthreads) {
     const int64_t T = N * nty * ntx, ncols = 4 * ntx;
     #pragma omp parallel num_threads(nthreads)
@@ -233,11 +235,11 @@ void wino_output_t(const float *R gy, float *R gm, int64_t N, int64_t K, int64_t
                 const int64_t yy = 4 * ty + a;
                 float *row = rowbuf + a * ncols;
                 if (direct) {
-                    g[a] = gy + ((n * K + k) * Ho + yy) * W;
+                    g[a] = gy + ((n * ky + k) * Ho + yy) * W;
                     continue;
                 }
                 memset(row, 0, sizeof(float) * ncols);
-                if (yy < Ho) memcpy(row, gy + ((n * K + k) * Ho + yy) * W, sizeof(float) * W);
+                if (yy < Ho) memcpy(row, gy + ((n * ky + k) * Ho + yy) * W, sizeof(float) * W);
                 g[a] = row;
             }
             a_rows(g[0], g[1], g[2], g[3], h, h + ncols, h + 2 * ncols, h + 3 * ncols, h + 4 * ncols,

@@ -12,7 +12,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from ccfpse.nn.label_conv import LabelMap, Rows, conv_rows, halo, label_conv
 from ccfpse.nn.norm import batch_norm_affine
 from ccfpse.ops import autocast_state, cond_depthwise_conv2d
-from ccfpse.winograd import conv3x3
+from ccfpse.winograd import conv3x3, winograd_pays, winograd_weight
 
 LRELU_SLOPE = 0.2
 
@@ -64,11 +64,15 @@ class SPADE(nn.Module):
         self.gamma = nn.Conv2d(hidden, norm_nc, 3, padding=1)
         self.beta = nn.Conv2d(hidden, norm_nc, 3, padding=1)
 
-    def modulation(self, labels: LabelMap, feats: Rows, rows: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(gamma, beta) for output rows [a, b), conditioned on concat(labels, feats)."""
+    def modulation(self, labels: LabelMap, feats: Rows, rows: tuple[int, int], weights: dict | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gamma, beta) for output rows [a, b), conditioned on concat(labels, feats).
+        ``weights`` may hold Winograd-transformed weights "gamma" and "beta"."""
+        weights = weights or {}
         lo, hi = halo(rows, labels.shape[0])
         actv = Rows(label_conv(self.shared.weight, self.shared.bias, labels, feats, (lo, hi)).relu_(), lo, labels.shape[0])
-        return conv_rows(actv, self.gamma.weight, self.gamma.bias, rows), conv_rows(actv, self.beta.weight, self.beta.bias, rows)
+        return (conv_rows(actv, weights.get("gamma", self.gamma.weight), self.gamma.bias, rows),
+                conv_rows(actv, weights.get("beta", self.beta.weight), self.beta.bias, rows))
 
     def forward(self, x: torch.Tensor, labels: LabelMap, feats: torch.Tensor | None = None) -> torch.Tensor:
         scale, shift = batch_norm_affine(self.param_free_norm, x)
@@ -141,7 +145,7 @@ class CondConvBlock(nn.Module):
         if self.checkpoint and torch.is_grad_enabled():
             return _RecomputedBlock.apply(self, labels, strips, x, feats, shortcut_weight, *self._plain_parameters())
         h = x.shape[2]
-        shared = self._shared(x, update_stats=True)
+        shared = self._shared(x, strips, update_stats=True)
         x, feats = Rows(x), Rows(feats)
         mid = _cat_rows([self._first_half(shared, x, labels, feats, r) for r in strips])
         norm_2 = batch_norm_affine(self.norm_2, mid)
@@ -152,30 +156,45 @@ class CondConvBlock(nn.Module):
 
     # -- the pieces: what all strips share, and the two halves of one strip
 
-    def _shared(self, x: torch.Tensor, update_stats: bool) -> dict[str, torch.Tensor]:
-        """Per-channel tensors every strip uses: the BatchNorm affine maps of x."""
+    def _predictor_convs(self) -> dict[str, nn.Conv2d]:
+        """The 3x3 convolutions on the 128-channel hidden maps, by name."""
+        convs = {"kernels_1": self.kernels_1, "kernels_2": self.kernels_2, "gate_1": self.gate_1, "gate_2": self.gate_2}
+        if self.learned_shortcut:
+            convs.update(gamma=self.norm_s.gamma, beta=self.norm_s.beta)
+        return convs
+
+    def _shared(self, x: torch.Tensor, strips: list[tuple[int, int]], update_stats: bool) -> dict[str, torch.Tensor]:
+        """What every strip uses: the BatchNorm affine maps of x and, when there are several
+        strips, the Winograd-transformed weights of the convolutions that take that path (so
+        that they are transformed once, not once per strip)."""
         t = {}
         t["norm_1_scale"], t["norm_1_shift"] = batch_norm_affine(self.norm_1, x, update_stats)
         if self.learned_shortcut:
             t["norm_s_scale"], t["norm_s_shift"] = batch_norm_affine(self.norm_s.param_free_norm, x, update_stats)
+        if len(strips) > 1:
+            pixels = x.shape[0] * (strips[0][1] - strips[0][0]) * x.shape[3]
+            for name, conv in self._predictor_convs().items():
+                if winograd_pays(pixels, conv.in_channels, conv.out_channels, x):
+                    t["u:" + name] = winograd_weight(conv.weight)
         return t
 
-    def _predict(self, half: int, labels: LabelMap, feats: Rows, rows: tuple[int, int]):
+    def _predict(self, shared: dict, half: int, labels: LabelMap, feats: Rows, rows: tuple[int, int]):
         """(per-pixel kernels, gate) of one half for output rows [a, b). Each predictor's first
         layer is its slice of ``predictor_in`` (channels: kernels 1, kernels 2, gate 1, gate 2)."""
         lo, hi = halo(rows, labels.shape[0])
-        kernels, gate = (self.kernels_1, self.gate_1) if half == 1 else (self.kernels_2, self.gate_2)
         out = []
-        for conv, part in ((kernels, half - 1), (gate, half + 1)):
+        for name, part in ((f"kernels_{half}", half - 1), (f"gate_{half}", half + 1)):
+            conv = getattr(self, name)
             k = slice(part * self.hidden, (part + 1) * self.hidden)
             hidden = label_conv(self.predictor_in.weight[k], self.predictor_in.bias[k], labels, feats, (lo, hi))
-            out.append(conv_rows(Rows(hidden.relu_(), lo, labels.shape[0]), conv.weight, conv.bias, rows))
+            weight = shared.get("u:" + name, conv.weight)
+            out.append(conv_rows(Rows(hidden.relu_(), lo, labels.shape[0]), weight, conv.bias, rows))
         return out[0], torch.sigmoid(out[1])
 
     def _first_half(self, shared: dict, x: Rows, labels: LabelMap, feats: Rows, rows: tuple[int, int]) -> torch.Tensor:
         """Rows [a, b) of the input of norm_2."""
         lo, hi = halo(rows, x.height)
-        kernels, gate = self._predict(1, labels, feats, rows)
+        kernels, gate = self._predict(shared, 1, labels, feats, rows)
         xn = x.rows(lo, hi) * shared["norm_1_scale"] + shared["norm_1_shift"]
         dx = cond_depthwise_conv2d(xn, kernels, x_offset=rows[0] - lo)
         return F.leaky_relu(self.conv_1(dx) * gate, LRELU_SLOPE)
@@ -185,12 +204,13 @@ class CondConvBlock(nn.Module):
         """Rows [a, b) of the block's output; ``mid`` is the input of norm_2, ``norm_2`` its
         affine map."""
         lo, hi = halo(rows, x.height)
-        kernels, gate = self._predict(2, labels, feats, rows)
+        kernels, gate = self._predict(shared, 2, labels, feats, rows)
         mn = mid.rows(lo, hi) * norm_2[0] + norm_2[1]
         dx = F.leaky_relu(self.conv_3(cond_depthwise_conv2d(mn, kernels, x_offset=rows[0] - lo)) * gate, LRELU_SLOPE)
         if not self.learned_shortcut:
             return x.rows(*rows) + dx
-        gamma, beta = self.norm_s.modulation(labels, feats, rows)
+        gamma, beta = self.norm_s.modulation(labels, feats, rows, {k: shared[f"u:{k}"] for k in ("gamma", "beta")
+                                                                    if f"u:{k}" in shared})
         xs = x.rows(*rows) * shared["norm_s_scale"] + shared["norm_s_shift"]
         return F.conv2d(xs * (1 + gamma) + beta, shortcut_weight) + dx
 
@@ -220,7 +240,7 @@ class _RecomputedBlock(torch.autograd.Function):
                 shortcut_weight: torch.Tensor | None, *params):
         ctx.block, ctx.labels, ctx.strips = block, labels, strips
         ctx.autocast = autocast_state(x.device.type)
-        shared = block._shared(x, update_stats=True)
+        shared = block._shared(x, strips, update_stats=True)
         xr, fr = Rows(x), Rows(feats)
         mid = _cat_rows([block._first_half(shared, xr, labels, fr, r) for r in strips])
         norm_2 = batch_norm_affine(block.norm_2, mid)
@@ -243,7 +263,7 @@ class _RecomputedBlock(torch.autograd.Function):
         amp = torch.autocast(*ctx.autocast) if ctx.autocast else contextlib.nullcontext()
         with torch.enable_grad(), amp:  # the small graph: statistics and shared weights
             x_graph, mid_graph = x.detach().requires_grad_(), mid.detach().requires_grad_()
-            shared = block._shared(x_graph, update_stats=False)
+            shared = block._shared(x_graph, strips, update_stats=False)
             norm_2 = batch_norm_affine(block.norm_2, mid_graph, update_stats=False)
         leaves = {k: v.detach().requires_grad_() for k, v in shared.items()}
         norm_2_leaves = tuple(t.detach().requires_grad_() for t in norm_2)
@@ -254,7 +274,7 @@ class _RecomputedBlock(torch.autograd.Function):
 
         def add(acc, key, g):
             if g is not None:
-                acc[key] = g if acc.get(key) is None else acc[key] + g
+                acc[key] = g if acc.get(key) is None else acc[key].add_(g)
 
         def add_params(grads) -> None:
             for i, g in enumerate(grads):

@@ -212,9 +212,10 @@ def halo(rows: tuple[int, int], height: int) -> tuple[int, int]:
 
 def conv_rows(x: Rows, weight: Tensor, bias: Tensor | None, rows: tuple[int, int]) -> Tensor:
     """Output rows [a, b) of ``F.conv2d(x, weight, bias, padding=k // 2)`` (stride 1, k = 1 or
-    3) over the whole map, reading only the rows of ``x`` they need."""
+    3; or a Winograd-transformed 3x3 weight) over the whole map, reading only the rows of ``x``
+    they need."""
     a, b = rows
-    k = weight.shape[-1]
+    k = 3 if weight.dim() == 3 else weight.shape[-1]
     if k == 1:
         return F.conv2d(x.rows(a, b), weight, bias)
     if k != 3:

@@ -30,7 +30,7 @@ from ccfpse.train.distributed import (
 from ccfpse.train.losses import (
     VGGLoss, d_hinge_loss, feature_matching_loss, g_hinge_loss, kld_loss, load_vgg19_features,
 )
-from ccfpse.train.memory import return_large_blocks_to_os
+from ccfpse.train.memory import keep_freed_memory
 from ccfpse.train.optim import Adam
 from ccfpse.train.sampler import ResumableSampler, SeededSamples
 
@@ -134,6 +134,8 @@ def train(cfg: Config, run_dir: str | Path, device: str | None = None, progress:
     dist_info = init_distributed(device_.type)
     if dist_info.enabled and device_.type == "cuda":
         device_ = torch.device("cuda", dist_info.local_rank)
+    if device_.type == "cpu":
+        keep_freed_memory()
     if t.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         if device_.type == "cuda":
@@ -164,7 +166,6 @@ def train(cfg: Config, run_dir: str | Path, device: str | None = None, progress:
         G.set_checkpointing(True)
         if G_ema is not None:  # its samples, too, in strips
             G_ema.set_checkpointing(True)
-        return_large_blocks_to_os()
     generator = GeneratorWithEncoder(G, E).to(device_)
     if dist_info.enabled:
         generator = convert_sync_batchnorm(generator, device_.type)  # as the release
