@@ -89,10 +89,10 @@ def _blocks(k: int, tiles: int) -> list[tuple[int, int]]:
 
 
 def _transformed(channels: int, tiles: int) -> tuple[Tensor, Tensor]:
-    """A (channels, 36, tiles) buffer, the layout of the C transforms, and its (36, channels,
-    tiles) view for the products."""
-    buf = torch.empty((channels, 36, tiles), dtype=torch.float32)
-    return buf, buf.permute(1, 0, 2)
+    """A (36, channels, tiles) buffer, the layout of the C transforms and of the products
+    (returned twice: the buffer the transforms address and the tensor the products use)."""
+    buf = torch.empty((36, channels, tiles), dtype=torch.float32)
+    return buf, buf
 
 
 def _input_transform(lib, x: Tensor, pad_top: int, t0: int, nty: int, tw: int) -> Tensor:

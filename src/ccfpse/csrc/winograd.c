@@ -13,10 +13,10 @@
  * follows from Ho (Ho = H + 2 ph - 2 is the usual "same" convolution, padding 1 all round). x may
  * be a window of rows of a larger tensor: sn and sc are its image and channel strides (rows are
  * W apart). A call handles the tile rows [ty0, ty0 + nty) of all N
- * images. Transformed tensors (V, M and their gradients) are laid out [channels][36][tiles]
- * with tile t = (n * nty + ty - ty0) * ntx + tx: for each of the 36 positions a matrix with
- * rows 36 * tiles apart, which BLAS takes as it is, while the 36 values that one tile's
- * transform reads or writes for a channel lie within 36 * tiles floats of each other. The
+ * images. Transformed tensors (V, M and their gradients) are laid out [36][channels][tiles]
+ * with tile t = (n * nty + ty - ty0) * ntx + tx: 36 contiguous row-major matrices, which
+ * torch.bmm multiplies in one batched call (callers keep a block small enough to stay in
+ * cache between the product and the transform). The
  * output transforms handle K of the ky channels of y (or of its gradient gy), whose pointer the
  * caller offsets to the first of them, so that a block of output channels is done at a time.
  *
@@ -180,10 +180,11 @@ void wino_input(const float *R x, float *R v, int64_t N, int64_t C, int64_t H, i
                 ui[0] = 0.0f;
                 for (int64_t q = W + 1; q < ncols; ++q) ui[q] = 0.0f;
             }
-            float *o = v + c * 36 * T + (n * nty + ty - ty0) * ntx;
+            float *o = v + c * T + (n * nty + ty - ty0) * ntx;
+            const int64_t ps = C * T; /* position stride */
             for (int i = 0; i < 6; ++i)
-                bt_tiles(u + i * ncols, o + (6 * i) * T, o + (6 * i + 1) * T, o + (6 * i + 2) * T,
-                         o + (6 * i + 3) * T, o + (6 * i + 4) * T, o + (6 * i + 5) * T, ntx);
+                bt_tiles(u + i * ncols, o + (6 * i) * ps, o + (6 * i + 1) * ps, o + (6 * i + 2) * ps,
+                         o + (6 * i + 3) * ps, o + (6 * i + 4) * ps, o + (6 * i + 5) * ps, ntx);
         }
         free(u);
     }
@@ -200,10 +201,11 @@ void wino_output(const float *R m, float *R y, const float *R bias, int64_t N, i
         #pragma omp for schedule(static)
         for (int64_t item = 0; item < N * K * nty; ++item) {
             const int64_t n = item / (K * nty), k = (item / nty) % K, ty = ty0 + item % nty;
-            const float *p = m + k * 36 * T + (n * nty + ty - ty0) * ntx;
+            const float *p = m + k * T + (n * nty + ty - ty0) * ntx;
+            const int64_t ps = K * T;
             for (int i = 0; i < 6; ++i)
-                at_tiles(p + (6 * i) * T, p + (6 * i + 1) * T, p + (6 * i + 2) * T, p + (6 * i + 3) * T,
-                         p + (6 * i + 4) * T, p + (6 * i + 5) * T, h + i * ncols, ntx);
+                at_tiles(p + (6 * i) * ps, p + (6 * i + 1) * ps, p + (6 * i + 2) * ps, p + (6 * i + 3) * ps,
+                         p + (6 * i + 4) * ps, p + (6 * i + 5) * ps, h + i * ncols, ntx);
             /* whole tiles go straight to y; a partial tile row or column through a row buffer */
             const int direct = ncols == W && 4 * ty + 3 < Ho;
             float *out[4];
@@ -244,10 +246,11 @@ void wino_output_t(const float *R gy, float *R gm, int64_t N, int64_t K, int64_t
             }
             a_rows(g[0], g[1], g[2], g[3], h, h + ncols, h + 2 * ncols, h + 3 * ncols, h + 4 * ncols,
                    h + 5 * ncols, ncols);
-            float *o = gm + k * 36 * T + (n * nty + ty - ty0) * ntx;
+            float *o = gm + k * T + (n * nty + ty - ty0) * ntx;
+            const int64_t ps = K * T;
             for (int i = 0; i < 6; ++i)
-                a_tiles(h + i * ncols, o + (6 * i) * T, o + (6 * i + 1) * T, o + (6 * i + 2) * T,
-                        o + (6 * i + 3) * T, o + (6 * i + 4) * T, o + (6 * i + 5) * T, ntx);
+                a_tiles(h + i * ncols, o + (6 * i) * ps, o + (6 * i + 1) * ps, o + (6 * i + 2) * ps,
+                        o + (6 * i + 3) * ps, o + (6 * i + 4) * ps, o + (6 * i + 5) * ps, ntx);
         }
         free(h);
     }
@@ -267,10 +270,11 @@ void wino_input_t(const float *R gv, float *R gx, int64_t N, int64_t C, int64_t 
         for (int64_t item = 0; item < N * C; ++item) {
             const int64_t n = item / C, ch = item % C;
             for (int64_t ty = ty0; ty < ty0 + nty; ++ty) {
-                const float *p = gv + ch * 36 * T + (n * nty + ty - ty0) * ntx;
+                const float *p = gv + ch * T + (n * nty + ty - ty0) * ntx;
+                const int64_t ps = C * T;
                 for (int i = 0; i < 6; ++i) {
-                    b_1d(p + (6 * i) * T, p + (6 * i + 1) * T, p + (6 * i + 2) * T, p + (6 * i + 3) * T,
-                         p + (6 * i + 4) * T, p + (6 * i + 5) * T, c, c + ntx, c + 2 * ntx, c + 3 * ntx,
+                    b_1d(p + (6 * i) * ps, p + (6 * i + 1) * ps, p + (6 * i + 2) * ps, p + (6 * i + 3) * ps,
+                         p + (6 * i + 4) * ps, p + (6 * i + 5) * ps, c, c + ntx, c + 2 * ntx, c + 3 * ntx,
                          c + 4 * ntx, c + 5 * ntx, ntx);
                     /* tile tx covers columns 4tx .. 4tx+5: its last two overlap the next tile */
                     float *ui = u + i * ncols;
