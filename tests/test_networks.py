@@ -228,6 +228,7 @@ def test_checkpointed_block_shares_winograd_weights_across_strips(monkeypatch):
     real = blocks.winograd_weight
     monkeypatch.setattr(blocks, "winograd_weight", lambda w: transforms.append(w.shape) or real(w))
     monkeypatch.setattr(blocks, "STRIP_BYTES", 2 * 9 * 16 * 64 * 4 * 32)  # 32-row strips: 4096 pixels
+    monkeypatch.setattr(blocks, "SHARE_WINOGRAD_STRIPS", 2)
     import ccfpse.winograd
 
     monkeypatch.setattr(ccfpse.winograd, "MIN_CHANNELS", 1)  # every predictor conv on the Winograd path

@@ -86,6 +86,10 @@ class SPADE(nn.Module):
 STRIP_BYTES = 16 * 2**20
 # ... and at least this many pixels (N * rows * W), the size from which the Winograd path pays.
 MIN_STRIP_PIXELS = 4096
+# From this many strips on, the Winograd-transformed predictor weights (4x the weights) are made
+# once and shared by the strips; with fewer, each call transforms its own, which costs less
+# memory (the shared ones and their gradients live through the whole block's backward).
+SHARE_WINOGRAD_STRIPS = 3
 
 
 class CondConvBlock(nn.Module):
@@ -164,14 +168,14 @@ class CondConvBlock(nn.Module):
         return convs
 
     def _shared(self, x: torch.Tensor, strips: list[tuple[int, int]], update_stats: bool) -> dict[str, torch.Tensor]:
-        """What every strip uses: the BatchNorm affine maps of x and, when there are several
+        """What every strip uses: the BatchNorm affine maps of x and, when there are many
         strips, the Winograd-transformed weights of the convolutions that take that path (so
         that they are transformed once, not once per strip)."""
         t = {}
         t["norm_1_scale"], t["norm_1_shift"] = batch_norm_affine(self.norm_1, x, update_stats)
         if self.learned_shortcut:
             t["norm_s_scale"], t["norm_s_shift"] = batch_norm_affine(self.norm_s.param_free_norm, x, update_stats)
-        if len(strips) > 1:
+        if len(strips) >= SHARE_WINOGRAD_STRIPS:
             pixels = x.shape[0] * (strips[0][1] - strips[0][0]) * x.shape[3]
             for name, conv in self._predictor_convs().items():
                 if winograd_pays(pixels, conv.in_channels, conv.out_channels, x):
