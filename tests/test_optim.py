@@ -124,3 +124,42 @@ def test_freed_memory_is_kept_on_glibc():
         assert ok
     else:
         assert ok is False
+
+
+def _huge_pages_in_fresh_process(code: str, env_value: str | None) -> list[str]:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if env_value is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = env_value
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+REQUEST = ("{}from ccfpse.train.memory import request_huge_pages; import os; "
+           "print(request_huge_pages(), os.environ.get('THP_MEM_ALLOC_ENABLE'))")
+
+
+def test_huge_pages_are_requested_before_torch_is_imported():
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        assert _huge_pages_in_fresh_process(REQUEST.format(""), None) == ["False", "None"]
+        return
+    assert _huge_pages_in_fresh_process(REQUEST.format(""), None) == ["True", "1"]
+    # the user's choice stands
+    assert _huge_pages_in_fresh_process(REQUEST.format(""), "0") == ["False", "0"]
+    # too late once torch is imported: nothing is claimed or changed
+    assert _huge_pages_in_fresh_process(REQUEST.format("import torch; "), None) == ["False", "None"]
+
+
+def test_ccfpse_command_requests_huge_pages_before_importing_torch():
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    code = ("import sys, ccfpse.cli as cli; sys.argv = ['ccfpse']; code = cli.main([]); import os; "
+            "print(os.environ.get('THP_MEM_ALLOC_ENABLE'), code)")
+    assert _huge_pages_in_fresh_process(code, None)[-2:] == ["1", "2"]
