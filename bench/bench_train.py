@@ -41,29 +41,13 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils import parametrize
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for tests.reference.official
-
-
-def _huge_pages(argv: list[str]) -> bool:
-    """``--huge-pages auto`` (default): ours asks torch's allocator for transparent huge pages,
-    as ``ccfpse train`` does (``ccfpse.train.memory.request_huge_pages``); the release does not.
-    torch reads the setting when it is imported, so it is decided here, before the import."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--impl", default="ours")
-    pre.add_argument("--huge-pages", choices=["auto", "on", "off"], default="auto")
-    known, _ = pre.parse_known_args(argv)
-    return known.huge_pages == "on" or (known.huge_pages == "auto" and known.impl == "ours")
-
-
-from ccfpse.train.memory import HUGE_PAGES_ENV  # noqa: E402 (imports no torch)
-
-os.environ[HUGE_PAGES_ENV] = "1" if _huge_pages(sys.argv[1:]) else "0"
-
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.nn.utils import parametrize  # noqa: E402
 
 from ccfpse import compat  # noqa: E402
 from ccfpse.config import ModelConfig  # noqa: E402
@@ -85,8 +69,6 @@ VARIANTS = {  # name in the table -> extra command-line flags
     "official": ["--impl", "official"],
     "ours": ["--impl", "ours"],
     "ours + checkpointing": ["--impl", "ours", "--checkpointing"],
-    "official + huge pages": ["--impl", "official", "--huge-pages", "on"],
-    "ours without huge pages": ["--impl", "ours", "--checkpointing", "--huge-pages", "off"],
 }
 DEFAULT_VARIANTS = ["official", "ours", "ours + checkpointing"]
 
@@ -269,15 +251,6 @@ def current_rss_gib() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 2**20
 
 
-def anon_huge_pages_gib() -> float:
-    """Memory of this process on transparent huge pages now (0 where not granted)."""
-    try:
-        with open("/proc/self/smaps_rollup") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("AnonHugePages:")) / 2**20
-    except (OSError, StopIteration):
-        return 0.0
-
-
 def param_bytes(*nets) -> int:
     return sum(p.numel() * p.element_size() for net in nets for p in net.parameters())
 
@@ -321,8 +294,6 @@ def run(args) -> dict:
         "ru_maxrss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "rss_after_setup_gib": rss_setup,
         "params_gib": param_bytes(G, D, E) / 2**30,
-        "huge_pages_requested": os.environ.get(HUGE_PAGES_ENV) == "1",
-        "anon_huge_pages_gib": anon_huge_pages_gib(),
         "loadavg": os.getloadavg(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -561,8 +532,6 @@ def main() -> None:
     p.add_argument("--checkpointing", action="store_true", help="ours: as ccfpse train --checkpoint-activations")
     p.add_argument("--d-grads-in-g-step", action="store_true",
                    help="keep D trainable during the G step (the release's trainer; grads discarded)")
-    p.add_argument("--huge-pages", choices=["auto", "on", "off"], default="auto",
-                   help="transparent huge pages for large tensors (auto: ours yes, as ccfpse train; official no)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")
     p.add_argument("--verbose", action="store_true", help="per-step times and losses on stderr")
@@ -598,8 +567,6 @@ def main() -> None:
         print(f"  median CPU time {r['median_cpu_s']:.2f} s/step (process, all threads)")
         print(f"  peak RSS {r['peak_rss_gib']:.2f} GiB (after set-up {r['rss_after_setup_gib']:.2f}, "
               f"parameters {r['params_gib']:.2f}); load {r['loadavg'][0]:.1f}; torch {r['torch']}")
-        print(f"  huge pages requested: {r['huge_pages_requested']}, on huge pages at the end: "
-              f"{r['anon_huge_pages_gib']:.2f} GiB")
 
 
 if __name__ == "__main__":

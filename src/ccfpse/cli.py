@@ -38,9 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from ccfpse.errors import CCFPSEError
-    from ccfpse.train.memory import request_huge_pages
 
-    request_huge_pages()  # before the sub-commands import torch
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
