@@ -32,10 +32,13 @@ def make_label_map(label: torch.Tensor, num_label_channels: int, instance: torch
     from ccfpse.nn.label_conv import LabelMap
 
     label = _checked_label(label, num_label_channels)
-    extra = None
-    if instance is not None:
-        extra = instance_edges(instance[:, 0] if instance.dim() == 4 else instance)
+    extra = None if instance is None else _edges(instance)
     return LabelMap.from_index(label, num_label_channels, extra)
+
+
+def _edges(instance: torch.Tensor) -> torch.Tensor:
+    """Instance edges of an (N, H, W) or (N, 1, H, W) instance map."""
+    return instance_edges(instance[:, 0] if instance.dim() == 4 else instance)
 
 
 def _checked_label(label: torch.Tensor, num_label_channels: int) -> torch.Tensor:
@@ -64,6 +67,4 @@ def make_semantics(
     one_hot = F.one_hot(label, num_label_channels).permute(0, 3, 1, 2).float().contiguous()
     if instance is None:
         return one_hot
-    if instance.dim() == 4:
-        instance = instance[:, 0]
-    return torch.cat([one_hot, instance_edges(instance)], dim=1)
+    return torch.cat([one_hot, _edges(instance)], dim=1)

@@ -78,7 +78,8 @@ class Adam:
             lib.adam_step_f32(p.data_ptr(), grad.data_ptr(), exp_avg_sq.data_ptr(), None if m is None else m.data_ptr(),
                               p.numel(), group["lr"] / (1 - beta1**step), beta1, beta2, group["eps"],
                               (1 - beta2**step) ** 0.5, native.threads(p.numel()))
-            _bump_version(p)  # written through its pointer: let autograd know, as an in-place op would
+            # written through its pointer: let autograd know, as an in-place op would
+            torch.autograd.graph.increment_version(p)
             return
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         denom = exp_avg_sq.sqrt().div_((1 - beta2**step) ** 0.5).add_(group["eps"])
@@ -143,9 +144,3 @@ def _fast_path(p: Tensor, grad: Tensor, state: dict):
     if not all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors):
         return None
     return native.lib()
-
-
-def _bump_version(t: Tensor) -> None:
-    increment = getattr(torch.autograd.graph, "increment_version", None)  # torch >= 2.1
-    if increment is not None:
-        increment(t)
