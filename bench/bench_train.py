@@ -255,7 +255,8 @@ def param_bytes(*nets) -> int:
     return sum(p.numel() * p.element_size() for net in nets for p in net.parameters())
 
 
-def run(args) -> dict:
+def set_up(args) -> tuple[Trainer, Batch]:
+    """The trainer and batch of a timed or profiled run, set up as ``ccfpse train`` would."""
     cfg = model_config(args)
     G, D, E = build(args.impl, cfg)
     if args.checkpointing:  # what --checkpoint-activations does
@@ -263,7 +264,13 @@ def run(args) -> dict:
     if args.impl == "ours":  # as ccfpse train does on the CPU
         keep_freed_memory()
     trainer = Trainer(G, D, E, args.impl == "official", args.d_grads_in_g_step)
-    batch = make_batch(args.batch, args.size, cfg.semantic_nc)
+    return trainer, make_batch(args.batch, args.size, cfg.semantic_nc)
+
+
+def run(args) -> dict:
+    trainer, batch = set_up(args)
+    G, D, E = trainer.G, trainer.D, trainer.E
+    cfg = model_config(args)
     rss_setup = current_rss_gib()
     times, g_times, cpu_times = [], [], []
     for i in range(1 + args.steps):
@@ -304,14 +311,7 @@ def profile(args) -> None:
     """Op table (self CPU time and allocated memory) of one step after a warm-up."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
-    cfg = model_config(args)
-    G, D, E = build(args.impl, cfg)
-    if args.checkpointing:
-        G.set_checkpointing(True)
-    if args.impl == "ours":  # as in run()
-        keep_freed_memory()
-    trainer = Trainer(G, D, E, args.impl == "official", args.d_grads_in_g_step)
-    batch = make_batch(args.batch, args.size, cfg.semantic_nc)
+    trainer, batch = set_up(args)
     trainer.g_step(batch)
     trainer.d_step(batch)
     with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True, profile_memory=True) as prof:

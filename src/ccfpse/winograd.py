@@ -88,19 +88,17 @@ def _blocks(k: int, tiles: int) -> list[tuple[int, int]]:
     return [(k0, min(k, k0 + step)) for k0 in range(0, k, step)]
 
 
-def _transformed(channels: int, tiles: int) -> tuple[Tensor, Tensor]:
-    """A (36, channels, tiles) buffer, the layout of the C transforms and of the products
-    (returned twice: the buffer the transforms address and the tensor the products use)."""
-    buf = torch.empty((36, channels, tiles), dtype=torch.float32)
-    return buf, buf
+def _transformed(channels: int, tiles: int) -> Tensor:
+    """A (36, channels, tiles) buffer, the layout of the C transforms and of the products."""
+    return torch.empty((36, channels, tiles), dtype=torch.float32)
 
 
 def _input_transform(lib, x: Tensor, pad_top: int, t0: int, nty: int, tw: int) -> Tensor:
     n, c, h, w = x.shape
-    v, v_view = _transformed(c, n * nty * tw)
+    v = _transformed(c, n * nty * tw)
     lib.wino_input(x.data_ptr(), v.data_ptr(), n, c, h, w, x.stride(0), x.stride(1), pad_top, t0, nty, tw,
                    native.threads(v.numel()))
-    return v_view
+    return v
 
 
 def _forward(lib, x: Tensor, u: Tensor, bias: Tensor | None, pad_top: int, out_rows: int) -> Tensor:
@@ -112,8 +110,8 @@ def _forward(lib, x: Tensor, u: Tensor, bias: Tensor | None, pad_top: int, out_r
         tiles = n * nty * tw
         v = _input_transform(lib, x, pad_top, t0, nty, tw)
         for k0, k1 in _blocks(k, tiles):
-            m, m_view = _transformed(k1 - k0, tiles)
-            torch.bmm(u[:, k0:k1], v, out=m_view)
+            m = _transformed(k1 - k0, tiles)
+            torch.bmm(u[:, k0:k1], v, out=m)
             lib.wino_output(m.data_ptr(), y[:, k0:k1].data_ptr(), None if bias is None else bias[k0:k1].data_ptr(),
                             n, k1 - k0, k, out_rows, w, t0, nty, tw, native.threads(m.numel()))
     return y
@@ -128,19 +126,19 @@ def _backward(lib, x: Tensor, u: Tensor, gy: Tensor, pad_top: int, need_x: bool,
     for t0, nty in _chunks(th, tw, n, c):
         tiles = n * nty * tw
         v = _input_transform(lib, x, pad_top, t0, nty, tw).transpose(1, 2) if need_u else None
-        gv, gv_view = _transformed(c, tiles) if need_x else (None, None)
+        gv = _transformed(c, tiles) if need_x else None
         for i, (k0, k1) in enumerate(_blocks(k, tiles)):
-            gm, gm_view = _transformed(k1 - k0, tiles)
+            gm = _transformed(k1 - k0, tiles)
             lib.wino_output_t(gy[:, k0:k1].data_ptr(), gm.data_ptr(), n, k1 - k0, k, out_rows, w, t0, nty, tw,
                               native.threads(gm.numel()))
             if need_u:
-                gu[:, k0:k1].baddbmm_(gm_view, v)
+                gu[:, k0:k1].baddbmm_(gm, v)
             if need_x:
                 ut = u[:, k0:k1].transpose(1, 2)
                 if i == 0:
-                    torch.bmm(ut, gm_view, out=gv_view)
+                    torch.bmm(ut, gm, out=gv)
                 else:
-                    gv_view.baddbmm_(ut, gm_view)
+                    gv.baddbmm_(ut, gm)
         if need_x:
             lib.wino_input_t(gv.data_ptr(), gx.data_ptr(), n, c, h, w, pad_top, t0, nty, tw, native.threads(gv.numel()))
     return gx, gu

@@ -260,8 +260,8 @@ class _RecomputedBlock(torch.autograd.Function):
         block, labels, strips = ctx.block, ctx.labels, ctx.strips
         x, feats, shortcut_weight, mid = ctx.saved_tensors
         # (the Function's parameter inputs, in order; frozen ones get no gradient)
-        trainable = [i for i, p in enumerate(block._plain_parameters()) if p.requires_grad]
         all_params = block._plain_parameters()
+        trainable = [i for i, p in enumerate(all_params) if p.requires_grad]
         params = [all_params[i] for i in trainable]
         h = x.shape[2]
         amp = torch.autocast(*ctx.autocast) if ctx.autocast else contextlib.nullcontext()
@@ -299,16 +299,19 @@ class _RecomputedBlock(torch.autograd.Function):
                     windows.append(mw)
                     out = block._second_half(leaves, norm_2_leaves, Rows(xw, lo, h), Rows(mw, lo, h), labels,
                                              Rows(fw, f0, h), sw, r)
-            small = list(leaves.values()) + (list(norm_2_leaves) if half == 2 else []) + ([sw] if sw is not None and half == 2 else [])
-            grads = torch.autograd.grad(out, windows + small + params, g_out, allow_unused=True)
+            small = dict(leaves)  # the small tensors this strip reads, by their key in g_small
+            if half == 2:
+                small.update(norm_2_scale=norm_2_leaves[0], norm_2_shift=norm_2_leaves[1])
+                if sw is not None:
+                    small["shortcut_weight"] = sw
+            grads = torch.autograd.grad(out, windows + list(small.values()) + params, g_out, allow_unused=True)
             for dst, g in zip((g_x[:, :, lo:hi], g_feats[:, :, f0:f1]), grads[:2]):
                 if g is not None:
                     dst += g
             if half == 2 and grads[2] is not None:
                 g_mid[:, :, lo:hi] += grads[2]
             n_w = len(windows)
-            for key, g in zip(list(leaves) + (["norm_2_scale", "norm_2_shift"] if half == 2 else [])
-                              + (["shortcut_weight"] if sw is not None and half == 2 else []), grads[n_w : n_w + len(small)]):
+            for key, g in zip(small, grads[n_w : n_w + len(small)]):
                 add(g_small, key, g)
             add_params(grads[n_w + len(small):])
 

@@ -52,16 +52,21 @@ class LabelMap:
         return cls(None, num_classes, index=index.long(), extra=extra)
 
     @property
+    def _held(self) -> Tensor:
+        """The tensor this map holds for sure: the class indices, else the dense map."""
+        return self.index if self.index is not None else self._dense
+
+    @property
     def shape(self) -> tuple[int, int]:
-        return tuple((self.index if self.index is not None else self._dense).shape[-2:])
+        return tuple(self._held.shape[-2:])
 
     @property
     def batch_size(self) -> int:
-        return (self.index if self.index is not None else self._dense).shape[0]
+        return self._held.shape[0]
 
     @property
     def device(self) -> torch.device:
-        return (self.index if self.index is not None else self._dense).device
+        return self._held.device
 
     @property
     def num_channels(self) -> int:
