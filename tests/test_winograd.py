@@ -138,6 +138,22 @@ def test_many_chunks_equal_one_chunk(wino, monkeypatch):
             torch.testing.assert_close(a, c, rtol=0, atol=1e-5 * c.abs().max().item())
 
 
+def test_filter_blocks_of_one_chunk(wino, monkeypatch):
+    """With one chunk the filters are transformed block by block (and their gradient back):
+    several blocks give what one block gives."""
+    x, wt, b, gy = _inputs(2, 5, 7, 9, 10, seed=4)
+    ref = _reference(x, wt, b, gy)
+    one = _grads(conv3x3(x, wt, b), (x, wt, b), gy)
+    real = winograd._blocks
+    calls = []
+    monkeypatch.setattr(winograd, "_blocks", lambda k, tiles: calls.append(k) or [(k0, min(k, k0 + 3)) for k0 in range(0, k, 3)])
+    many = _grads(conv3x3(x, wt, b), (x, wt, b), gy)
+    assert calls == [7, 7] and len(winograd._chunks(3, 3, 2, 5)) == 1 and len(real(7, 18)) == 1
+    _assert_close_rel(many, ref)
+    for a, c in zip(many, one):
+        torch.testing.assert_close(a, c, rtol=0, atol=1e-5 * c.abs().max().item())
+
+
 def test_winograd_weight_is_g_g_gt():
     gen = torch.Generator().manual_seed(4)
     wt = torch.randn(3, 2, 3, 3, generator=gen, dtype=torch.float64)

@@ -35,13 +35,14 @@ _G = torch.tensor(
     dtype=torch.float64,
 )
 # Where the Winograd path is faster than oneDNN's direct convolution on 2-core x86
-# (bench/bench_winograd.py): maps of at least MIN_PIXELS output pixels (N * rows * W; smaller
-# ones are dominated by the transforms), at least MIN_CHANNELS input and MIN_FILTERS output
-# channels (with fewer, the products are too thin to gain on the transforms). The kernel
-# predictors (128 -> 9 * C channels) are the convolutions this is for.
-MIN_PIXELS = 4096
-MIN_CHANNELS = 64
-MIN_FILTERS = 128
+# (bench/bench_winograd.py --force): maps of at least MIN_PIXELS output pixels (N * rows * W;
+# smaller ones are dominated by the transforms), at least MIN_CHANNELS input and MIN_FILTERS
+# output channels (with fewer, the products are too thin to gain on the transforms). On the
+# Intel Xeon VM the shapes at these limits gained 1.3-2x (fwd+bwd); on the Zen 4 VM, where the
+# limits were first set at 4096 / 64 / 128, the shapes between were about even.
+MIN_PIXELS = 2048
+MIN_CHANNELS = 32
+MIN_FILTERS = 64
 # Tiles (of 4 x 4 output pixels) per chunk: enough for efficient matrix products.
 CHUNK_TILES = 256
 # Bytes of a transformed tensor of one chunk (36 x channels x tiles), above which the tiles or
@@ -101,46 +102,63 @@ def _input_transform(lib, x: Tensor, pad_top: int, t0: int, nty: int, tw: int) -
     return v
 
 
-def _forward(lib, x: Tensor, u: Tensor, bias: Tensor | None, pad_top: int, out_rows: int) -> Tensor:
+def _forward(lib, x: Tensor, weight: Tensor, bias: Tensor | None, pad_top: int, out_rows: int) -> Tensor:
     n, c, _, w = x.shape
-    k = u.shape[1]
     th, tw = _geometry(x, out_rows)
+    chunks = _chunks(th, tw, n, c)
+    # One chunk: each block of filters is transformed as it is used, so the transformed weights
+    # (4x the filters: 42 MB for the 2304 kernels of a 32 x 32 block) never exist at once.
+    blockwise = weight.dim() == 4 and len(chunks) == 1
+    u = weight if weight.dim() == 3 or blockwise else winograd_weight(weight)
+    k = weight.shape[0] if blockwise else u.shape[1]
     y = torch.empty((n, k, out_rows, w), dtype=torch.float32)
-    for t0, nty in _chunks(th, tw, n, c):
+    for t0, nty in chunks:
         tiles = n * nty * tw
         v = _input_transform(lib, x, pad_top, t0, nty, tw)
         for k0, k1 in _blocks(k, tiles):
             m = _transformed(k1 - k0, tiles)
-            torch.bmm(u[:, k0:k1], v, out=m)
+            torch.bmm(winograd_weight(u[k0:k1]) if blockwise else u[:, k0:k1], v, out=m)
             lib.wino_output(m.data_ptr(), y[:, k0:k1].data_ptr(), None if bias is None else bias[k0:k1].data_ptr(),
                             n, k1 - k0, k, out_rows, w, t0, nty, tw, native.threads(m.numel()))
     return y
 
 
-def _backward(lib, x: Tensor, u: Tensor, gy: Tensor, pad_top: int, need_x: bool, need_u: bool):
+def _backward(lib, x: Tensor, weight: Tensor, gy: Tensor, pad_top: int, need_x: bool, need_w: bool):
+    """(grad of x, grad of ``weight`` in its own layout, (K, C, 3, 3) or transformed)."""
     n, c, h, w = x.shape
-    k, out_rows = u.shape[1], gy.shape[2]
+    out_rows = gy.shape[2]
     th, tw = _geometry(x, out_rows)
+    chunks = _chunks(th, tw, n, c)
+    blockwise = weight.dim() == 4 and len(chunks) == 1  # as in _forward
+    u = weight if weight.dim() == 3 or blockwise else winograd_weight(weight)
+    k = weight.shape[0] if blockwise else u.shape[1]
     gx = torch.zeros((n, c, h, w), dtype=torch.float32) if need_x else None
-    gu = torch.zeros_like(u) if need_u else None
-    for t0, nty in _chunks(th, tw, n, c):
+    gu = None
+    if need_w:
+        gu = torch.empty_like(weight) if blockwise else torch.zeros_like(u)
+    for t0, nty in chunks:
         tiles = n * nty * tw
-        v = _input_transform(lib, x, pad_top, t0, nty, tw).transpose(1, 2) if need_u else None
+        v = _input_transform(lib, x, pad_top, t0, nty, tw).transpose(1, 2) if need_w else None
         gv = _transformed(c, tiles) if need_x else None
         for i, (k0, k1) in enumerate(_blocks(k, tiles)):
             gm = _transformed(k1 - k0, tiles)
             lib.wino_output_t(gy[:, k0:k1].data_ptr(), gm.data_ptr(), n, k1 - k0, k, out_rows, w, t0, nty, tw,
                               native.threads(gm.numel()))
-            if need_u:
-                gu[:, k0:k1].baddbmm_(gm, v)
+            if need_w:
+                if blockwise:
+                    gu[k0:k1] = _weight_grad(torch.bmm(gm, v), k1 - k0, c)
+                else:
+                    gu[:, k0:k1].baddbmm_(gm, v)
             if need_x:
-                ut = u[:, k0:k1].transpose(1, 2)
+                ut = (winograd_weight(u[k0:k1]) if blockwise else u[:, k0:k1]).transpose(1, 2)
                 if i == 0:
                     torch.bmm(ut, gm, out=gv)
                 else:
                     gv.baddbmm_(ut, gm)
         if need_x:
             lib.wino_input_t(gv.data_ptr(), gx.data_ptr(), n, c, h, w, pad_top, t0, nty, tw, native.threads(gv.numel()))
+    if need_w and weight.dim() == 4 and not blockwise:
+        gu = _weight_grad(gu, *weight.shape[:2])
     return gx, gu
 
 
@@ -152,8 +170,7 @@ class _WinogradConv3x3(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, pad_top: int, out_rows: int, lib) -> Tensor:
         ctx.lib, ctx.pad_top = lib, pad_top
         ctx.save_for_backward(x, weight)
-        u = weight if weight.dim() == 3 else winograd_weight(weight)
-        return _forward(lib, x, u.contiguous(), None if bias is None else bias.contiguous(), pad_top, out_rows)
+        return _forward(lib, x, weight.contiguous(), None if bias is None else bias.contiguous(), pad_top, out_rows)
 
     @staticmethod
     def backward(ctx, gy: Tensor):
@@ -161,11 +178,7 @@ class _WinogradConv3x3(torch.autograd.Function):
             raise RuntimeError("conv3x3 (Winograd path): double backward is not supported")
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        u = weight if weight.dim() == 3 else winograd_weight(weight)
-        gx, gu = _backward(ctx.lib, x, u.contiguous(), gy.contiguous(), ctx.pad_top, need_x, need_w)
-        gw = None
-        if need_w:
-            gw = gu if weight.dim() == 3 else _weight_grad(gu, *weight.shape[:2])
+        gx, gw = _backward(ctx.lib, x, weight.contiguous(), gy.contiguous(), ctx.pad_top, need_x, need_w)
         gb = gy.sum((0, 2, 3)) if need_b else None
         return gx, gw, gb, None, None, None
 
