@@ -50,7 +50,8 @@ class ConvUnit(nn.Module):
         else:
             x = conv(x)
         x = self.norm(x)
-        return F.leaky_relu(x, LRELU_SLOPE) if self.activation else x
+        # In place: the norms' backward reads their input, not their output (one map less saved).
+        return F.leaky_relu_(x, LRELU_SLOPE) if self.activation else x
 
 
 class SPADE(nn.Module):
@@ -201,7 +202,7 @@ class CondConvBlock(nn.Module):
         kernels, gate = self._predict(shared, 1, labels, feats, rows)
         xn = x.rows(lo, hi) * shared["norm_1_scale"] + shared["norm_1_shift"]
         dx = cond_depthwise_conv2d(xn, kernels, x_offset=rows[0] - lo)
-        return F.leaky_relu(self.conv_1(dx) * gate, LRELU_SLOPE)
+        return F.leaky_relu_(self.conv_1(dx) * gate, LRELU_SLOPE)
 
     def _second_half(self, shared: dict, norm_2: tuple, x: Rows, mid: Rows, labels: LabelMap, feats: Rows,
                      shortcut_weight: torch.Tensor | None, rows: tuple[int, int]) -> torch.Tensor:
@@ -210,7 +211,7 @@ class CondConvBlock(nn.Module):
         lo, hi = halo(rows, x.height)
         kernels, gate = self._predict(shared, 2, labels, feats, rows)
         mn = mid.rows(lo, hi) * norm_2[0] + norm_2[1]
-        dx = F.leaky_relu(self.conv_3(cond_depthwise_conv2d(mn, kernels, x_offset=rows[0] - lo)) * gate, LRELU_SLOPE)
+        dx = F.leaky_relu_(self.conv_3(cond_depthwise_conv2d(mn, kernels, x_offset=rows[0] - lo)) * gate, LRELU_SLOPE)
         if not self.learned_shortcut:
             return x.rows(*rows) + dx
         gamma, beta = self.norm_s.modulation(labels, feats, rows, {k: shared[f"u:{k}"] for k in ("gamma", "beta")

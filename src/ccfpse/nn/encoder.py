@@ -33,8 +33,9 @@ class ConvEncoder(nn.Module):
             image = F.interpolate(image, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
         h = image
         for i, layer in enumerate(self.layers):
-            h = layer(h if i == 0 else F.leaky_relu(h, LRELU_SLOPE))
-        h = F.leaky_relu(h, LRELU_SLOPE).flatten(1)
+            # (in place: instance norm's backward does not read its output)
+            h = layer(h if i == 0 else F.leaky_relu_(h, LRELU_SLOPE))
+        h = F.leaky_relu_(h, LRELU_SLOPE).flatten(1)
         return self.fc_mu(h), self.fc_var(h)
 
 

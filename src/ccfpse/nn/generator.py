@@ -43,7 +43,7 @@ class LabelPyramid(nn.Module):
     def forward(self, labels: LabelMap) -> list[torch.Tensor]:
         first = self.down[0]
         h = first.norm(label_conv(first.conv.weight, None, labels))
-        bottom_up = [F.leaky_relu(h, LRELU_SLOPE)]
+        bottom_up = [F.leaky_relu_(h, LRELU_SLOPE)]
         for layer in self.down[1:]:
             bottom_up.append(layer(bottom_up[-1]))
         top_down = [bottom_up[-1]]
@@ -125,4 +125,4 @@ class CCFPSEGenerator(nn.Module):
             if size not in labels:
                 labels[size] = full.resized(size)
             x = block(x, labels[size], pyramid[level])
-        return torch.tanh(self.conv_img(F.leaky_relu(x, LRELU_SLOPE)))
+        return torch.tanh(self.conv_img(F.leaky_relu_(x, LRELU_SLOPE)))  # x is not needed after
