@@ -94,6 +94,24 @@ def test_resumes_from_a_torch_adam_state_dict(monkeypatch):
         assert torch.equal(a, b)
 
 
+def test_moments_are_allocated_up_front_and_used_in_place():
+    """Made with the optimiser (not amid the first backward pass), then updated in place; a
+    loaded state is copied into them."""
+    model = _model()
+    opt = Adam(model.parameters(), lr=1e-3, betas=(0.0, 0.9), step_in_backward=True)
+    made = {p: opt._fresh[p]["exp_avg_sq"].data_ptr() for p in model.parameters()}
+    _loss(model, 0).backward()
+    assert not opt._fresh
+    assert all(opt.state[p]["exp_avg_sq"].data_ptr() == made[p] for p in model.parameters())
+    other = _model()
+    other_opt = Adam(other.parameters(), lr=1e-3, betas=(0.0, 0.9))
+    buffers = {p: other_opt._fresh[p]["exp_avg_sq"].data_ptr() for p in other.parameters()}
+    other_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for p, q in zip(other.parameters(), model.parameters()):
+        assert other_opt.state[p]["exp_avg_sq"].data_ptr() == buffers[p]
+        assert torch.equal(other_opt.state[p]["exp_avg_sq"], opt.state[q]["exp_avg_sq"])
+
+
 def test_rejects_bad_betas():
     with pytest.raises(ValueError, match="betas"):
         Adam(_model().parameters(), betas=(1.0, 0.9))

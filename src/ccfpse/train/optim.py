@@ -9,6 +9,9 @@ format (either loads the other's), with three savings:
   ``backward()`` and frees that gradient, so a full set of gradients never exists at once. Only for
   plain single-process training: DDP all-reduces gradients after they are accumulated and fp16's
   GradScaler must see all gradients before stepping, so the training loop turns it off for both.
+- The moments are allocated when the optimiser is made, not at the first update: made in the
+  middle of the first backward pass, these long-lived buffers would be scattered between its
+  short-lived tensors and keep the heap fragmented for the rest of training.
 - It is not a ``torch.optim.Optimizer``, whose constructor imports torch._dynamo (and Triton):
   ~150 MB of resident memory a training run without ``--compile`` does not need.
 
@@ -46,11 +49,20 @@ class Adam:
         # One group, as torch's state dicts lay it out (the loop edits "lr" between epochs).
         self.param_groups = [dict(self.defaults, params=params)]
         self.state: dict[Tensor, dict] = {}
+        # Zeroed moments waiting for each trainable parameter's first update (see the docstring).
+        self._fresh = {p: self._zero_moments(p, betas[0]) for p in params if p.requires_grad}
         self.step_in_backward = step_in_backward
         if step_in_backward:
             for p in params:
                 if p.requires_grad:
                     p.register_post_accumulate_grad_hook(self._on_grad)
+
+    @staticmethod
+    def _zero_moments(p: Tensor, beta1: float) -> dict[str, Tensor]:
+        m = {"exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        if beta1 > 0:
+            m["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return m
 
     def _on_grad(self, p: Tensor) -> None:
         self._update(p, self.param_groups[0])
@@ -66,9 +78,9 @@ class Adam:
         if not state:
             # A float32 tensor like torch.optim.Adam's, so state dicts stay interchangeable.
             state["step"] = torch.tensor(0.0)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            if beta1 > 0:
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            fresh = self._fresh.pop(p, None)
+            state.update(fresh if fresh is not None and ("exp_avg" in fresh) == (beta1 > 0)
+                         else self._zero_moments(p, beta1))
         state["step"] = state["step"] + 1
         step = state["step"].item()
         exp_avg_sq = state["exp_avg_sq"]
@@ -132,9 +144,13 @@ class Adam:
             s = copy.copy(s)
             if not keep_first_moment:
                 s.pop("exp_avg", None)
+            fresh = self._fresh.pop(p, {})
             for key, value in s.items():
                 if key != "step" and torch.is_tensor(value):
-                    s[key] = value.to(device=p.device, dtype=p.dtype)
+                    if key in fresh and fresh[key].shape == value.shape:  # into the buffer made for it
+                        s[key] = fresh[key].copy_(value)
+                    else:
+                        s[key] = value.to(device=p.device, dtype=p.dtype)
             self.state[p] = s
 
 
