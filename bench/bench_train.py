@@ -261,6 +261,7 @@ def set_up(args) -> tuple[Trainer, Batch]:
     G, D, E = build(args.impl, cfg)
     if args.checkpointing:  # what --checkpoint-activations does
         G.set_checkpointing(True)
+        E.set_checkpointing(True)
     if args.impl == "ours":  # as ccfpse train does on the CPU
         keep_freed_memory()
     trainer = Trainer(G, D, E, args.impl == "official", args.d_grads_in_g_step)
@@ -330,6 +331,7 @@ def saved_report(args) -> None:
     G, D, E = build(args.impl, cfg)
     if args.checkpointing:
         G.set_checkpointing(True)
+        E.set_checkpointing(True)
     for net in (G, D, E):
         net.train()
     D.requires_grad_(args.d_grads_in_g_step)
@@ -377,6 +379,7 @@ def g_step_gradients(impl: str, cfg: ModelConfig, batch: Batch, checkpointing: b
     G, D, E = build(impl, cfg)
     if checkpointing:
         G.set_checkpointing(True)
+        E.set_checkpointing(True)
     for net in (G, D, E):
         net.train()
     D.requires_grad_(False)
@@ -452,6 +455,7 @@ def check(args) -> None:
         G, D, E = build(impl, cfg)
         if impl != "official" and args.checkpointing:
             G.set_checkpointing(True)
+            E.set_checkpointing(True)
         trainer = Trainer(G, D, E, impl == "official")
         torch.manual_seed(123)
         losses = trainer.g_step(batch)

@@ -12,7 +12,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from ccfpse.nn.label_conv import LabelMap, Rows, conv_rows, halo, label_conv
 from ccfpse.nn.norm import batch_norm_affine
 from ccfpse.ops import autocast_state, cond_depthwise_conv2d
-from ccfpse.winograd import conv3x3, winograd_pays, winograd_weight
+from ccfpse.winograd import conv3x3
 
 LRELU_SLOPE = 0.2
 
@@ -43,15 +43,27 @@ class ConvUnit(nn.Module):
             raise ValueError(f"norm must be 'batch' or 'instance', got {norm!r}")
         self.activation = activation
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None, update_stats: bool | None = None
+                ) -> torch.Tensor:
+        """``weight``: the conv's (spectral-normalised) weight if already read, and
+        ``update_stats`` given: a recomputable pass (see ``normalize``)."""
         conv = self.conv
+        weight = conv.weight if weight is None else weight
         if conv.kernel_size == (3, 3) and conv.stride == (1, 1):
-            x = conv3x3(x, conv.weight)
+            x = conv3x3(x, weight)
         else:
-            x = conv(x)
-        x = self.norm(x)
+            x = F.conv2d(x, weight, None, conv.stride, conv.padding)
+        x = self.normalize(x, update_stats)
         # In place: the norms' backward reads their input, not their output (one map less saved).
         return F.leaky_relu_(x, LRELU_SLOPE) if self.activation else x
+
+    def normalize(self, x: torch.Tensor, update_stats: bool | None = None) -> torch.Tensor:
+        """The norm; with ``update_stats`` given, BatchNorm as ``batch_norm_affine`` (the same
+        result in a first pass and its recomputation, which leaves the running statistics alone)."""
+        if update_stats is None or not isinstance(self.norm, nn.modules.batchnorm._BatchNorm):
+            return self.norm(x)
+        scale, shift = batch_norm_affine(self.norm, x, update_stats)
+        return x * scale + shift
 
 
 class SPADE(nn.Module):
@@ -65,15 +77,12 @@ class SPADE(nn.Module):
         self.gamma = nn.Conv2d(hidden, norm_nc, 3, padding=1)
         self.beta = nn.Conv2d(hidden, norm_nc, 3, padding=1)
 
-    def modulation(self, labels: LabelMap, feats: Rows, rows: tuple[int, int], weights: dict | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(gamma, beta) for output rows [a, b), conditioned on concat(labels, feats).
-        ``weights`` may hold Winograd-transformed weights "gamma" and "beta"."""
-        weights = weights or {}
+    def modulation(self, labels: LabelMap, feats: Rows, rows: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gamma, beta) for output rows [a, b), conditioned on concat(labels, feats)."""
         lo, hi = halo(rows, labels.shape[0])
         actv = Rows(label_conv(self.shared.weight, self.shared.bias, labels, feats, (lo, hi)).relu_(), lo, labels.shape[0])
-        return (conv_rows(actv, weights.get("gamma", self.gamma.weight), self.gamma.bias, rows),
-                conv_rows(actv, weights.get("beta", self.beta.weight), self.beta.bias, rows))
+        return (conv_rows(actv, self.gamma.weight, self.gamma.bias, rows),
+                conv_rows(actv, self.beta.weight, self.beta.bias, rows))
 
     def forward(self, x: torch.Tensor, labels: LabelMap, feats: torch.Tensor | None = None) -> torch.Tensor:
         scale, shift = batch_norm_affine(self.param_free_norm, x)
@@ -85,12 +94,8 @@ class SPADE(nn.Module):
 # other per-strip tensors are smaller. Large enough for efficient convolutions (the Winograd
 # path wants thousands of pixels per call), small enough to stay a small part of the memory.
 STRIP_BYTES = 16 * 2**20
-# ... and at least this many pixels (N * rows * W), the size from which the Winograd path pays.
+# ... and at least this many pixels (N * rows * W): thin strips make thin matrix products.
 MIN_STRIP_PIXELS = 4096
-# From this many strips on, the Winograd-transformed predictor weights (4x the weights) are made
-# once and shared by the strips; with fewer, each call transforms its own, which costs less
-# memory (the shared ones and their gradients live through the whole block's backward).
-SHARE_WINOGRAD_STRIPS = 3
 
 
 class CondConvBlock(nn.Module):
@@ -150,7 +155,7 @@ class CondConvBlock(nn.Module):
         if self.checkpoint and torch.is_grad_enabled():
             return _RecomputedBlock.apply(self, labels, strips, x, feats, shortcut_weight, *self._plain_parameters())
         h = x.shape[2]
-        shared = self._shared(x, strips, update_stats=True)
+        shared = self._shared(x, update_stats=True)
         x, feats = Rows(x), Rows(feats)
         mid = _cat_rows([self._first_half(shared, x, labels, feats, r) for r in strips])
         norm_2 = batch_norm_affine(self.norm_2, mid)
@@ -161,26 +166,14 @@ class CondConvBlock(nn.Module):
 
     # -- the pieces: what all strips share, and the two halves of one strip
 
-    def _predictor_convs(self) -> dict[str, nn.Conv2d]:
-        """The 3x3 convolutions on the 128-channel hidden maps, by name."""
-        convs = {"kernels_1": self.kernels_1, "kernels_2": self.kernels_2, "gate_1": self.gate_1, "gate_2": self.gate_2}
-        if self.learned_shortcut:
-            convs.update(gamma=self.norm_s.gamma, beta=self.norm_s.beta)
-        return convs
-
-    def _shared(self, x: torch.Tensor, strips: list[tuple[int, int]], update_stats: bool) -> dict[str, torch.Tensor]:
-        """What every strip uses: the BatchNorm affine maps of x and, when there are many
-        strips, the Winograd-transformed weights of the convolutions that take that path (so
-        that they are transformed once, not once per strip)."""
+    def _shared(self, x: torch.Tensor, update_stats: bool) -> dict[str, torch.Tensor]:
+        """What every strip uses: the BatchNorm affine maps of x. (Predictor weights are not
+        Winograd-transformed once for all strips: the same speed, measured, but the transformed
+        weights, 4x the filters, and their gradients would live through the block's backward.)"""
         t = {}
         t["norm_1_scale"], t["norm_1_shift"] = batch_norm_affine(self.norm_1, x, update_stats)
         if self.learned_shortcut:
             t["norm_s_scale"], t["norm_s_shift"] = batch_norm_affine(self.norm_s.param_free_norm, x, update_stats)
-        if len(strips) >= SHARE_WINOGRAD_STRIPS:
-            pixels = x.shape[0] * (strips[0][1] - strips[0][0]) * x.shape[3]
-            for name, conv in self._predictor_convs().items():
-                if winograd_pays(pixels, conv.in_channels, conv.out_channels, x):
-                    t["u:" + name] = winograd_weight(conv.weight)
         return t
 
     def _predict(self, shared: dict, half: int, labels: LabelMap, feats: Rows, rows: tuple[int, int]):
@@ -192,8 +185,7 @@ class CondConvBlock(nn.Module):
             conv = getattr(self, name)
             k = slice(part * self.hidden, (part + 1) * self.hidden)
             hidden = label_conv(self.predictor_in.weight[k], self.predictor_in.bias[k], labels, feats, (lo, hi))
-            weight = shared.get("u:" + name, conv.weight)
-            out.append(conv_rows(Rows(hidden.relu_(), lo, labels.shape[0]), weight, conv.bias, rows))
+            out.append(conv_rows(Rows(hidden.relu_(), lo, labels.shape[0]), conv.weight, conv.bias, rows))
         return out[0], torch.sigmoid(out[1])
 
     def _first_half(self, shared: dict, x: Rows, labels: LabelMap, feats: Rows, rows: tuple[int, int]) -> torch.Tensor:
@@ -214,8 +206,7 @@ class CondConvBlock(nn.Module):
         dx = F.leaky_relu_(self.conv_3(cond_depthwise_conv2d(mn, kernels, x_offset=rows[0] - lo)) * gate, LRELU_SLOPE)
         if not self.learned_shortcut:
             return x.rows(*rows) + dx
-        gamma, beta = self.norm_s.modulation(labels, feats, rows, {k: shared[f"u:{k}"] for k in ("gamma", "beta")
-                                                                    if f"u:{k}" in shared})
+        gamma, beta = self.norm_s.modulation(labels, feats, rows)
         xs = x.rows(*rows) * shared["norm_s_scale"] + shared["norm_s_shift"]
         return F.conv2d(xs * (1 + gamma) + beta, shortcut_weight) + dx
 
@@ -232,7 +223,7 @@ class _RecomputedBlock(torch.autograd.Function):
     """A CondConvBlock computed strip by strip without a graph, and again strip by strip in
     backward: only x, feats and the map between the halves are saved.
 
-    Backward rebuilds the small shared tensors (BatchNorm affine maps, predictor weights) with a
+    Backward rebuilds the small shared tensors (the BatchNorm affine maps) with a
     graph, then back-propagates through one strip at a time with those tensors as leaves,
     adding up their gradients, which finally go through the small graph: second halves, then
     norm_2's statistics, then first halves. The parameters are inputs, so their gradients reach
@@ -245,7 +236,7 @@ class _RecomputedBlock(torch.autograd.Function):
                 shortcut_weight: torch.Tensor | None, *params):
         ctx.block, ctx.labels, ctx.strips = block, labels, strips
         ctx.autocast = autocast_state(x.device.type)
-        shared = block._shared(x, strips, update_stats=True)
+        shared = block._shared(x, update_stats=True)
         xr, fr = Rows(x), Rows(feats)
         mid = _cat_rows([block._first_half(shared, xr, labels, fr, r) for r in strips])
         norm_2 = batch_norm_affine(block.norm_2, mid)
@@ -266,9 +257,9 @@ class _RecomputedBlock(torch.autograd.Function):
         params = [all_params[i] for i in trainable]
         h = x.shape[2]
         amp = torch.autocast(*ctx.autocast) if ctx.autocast else contextlib.nullcontext()
-        with torch.enable_grad(), amp:  # the small graph: statistics and shared weights
+        with torch.enable_grad(), amp:  # the small graph: the statistics
             x_graph, mid_graph = x.detach().requires_grad_(), mid.detach().requires_grad_()
-            shared = block._shared(x_graph, strips, update_stats=False)
+            shared = block._shared(x_graph, update_stats=False)
             norm_2 = batch_norm_affine(block.norm_2, mid_graph, update_stats=False)
         leaves = {k: v.detach().requires_grad_() for k, v in shared.items()}
         norm_2_leaves = tuple(t.detach().requires_grad_() for t in norm_2)

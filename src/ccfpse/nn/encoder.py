@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ccfpse.nn.blocks import LRELU_SLOPE, ConvUnit, init_weights
+from ccfpse.nn.recompute import recompute
 
 LAYER_CHANNELS = (1, 2, 4, 8, 8, 8)  # multipliers of ngf
 INPUT_SIZE = 256
@@ -25,16 +26,30 @@ class ConvEncoder(nn.Module):
         final_size = INPUT_SIZE // 2 ** len(self.layers)
         self.fc_mu = nn.Linear(widths[-1] * final_size**2, z_dim)
         self.fc_var = nn.Linear(widths[-1] * final_size**2, z_dim)
+        self.checkpoint = False
         init_weights(self)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """image (N, 3, H, W) in [-1, 1] -> (mu, logvar), each (N, z_dim)."""
         if image.shape[2:] != (INPUT_SIZE, INPUT_SIZE):
             image = F.interpolate(image, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
+        if not (self.checkpoint and torch.is_grad_enabled()):
+            return self._run(image)
+        weights = [layer.conv.weight for layer in self.layers]  # read once: each read is a power iteration
+        plain = [*self.fc_mu.parameters(), *self.fc_var.parameters()]
+        mu, logvar = recompute(lambda x, *w, recomputing: self._run(x, w), [image, *weights], plain)
+        return mu, logvar
+
+    def set_checkpointing(self, enabled: bool) -> None:
+        """Recompute the encoder's activations in backward instead of keeping them (in the
+        generator's step they would be held through the generator's whole backward pass)."""
+        self.checkpoint = enabled
+
+    def _run(self, image: torch.Tensor, weights=None) -> tuple[torch.Tensor, torch.Tensor]:
         h = image
         for i, layer in enumerate(self.layers):
             # (in place: instance norm's backward does not read its output)
-            h = layer(h if i == 0 else F.leaky_relu_(h, LRELU_SLOPE))
+            h = layer(h if i == 0 else F.leaky_relu_(h, LRELU_SLOPE), None if weights is None else weights[i])
         h = F.leaky_relu_(h, LRELU_SLOPE).flatten(1)
         return self.fc_mu(h), self.fc_var(h)
 

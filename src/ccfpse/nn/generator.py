@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from ccfpse.config import ModelConfig, latent_grid
 from ccfpse.nn.blocks import LRELU_SLOPE, CondConvBlock, ConvUnit, init_weights
 from ccfpse.nn.label_conv import LabelMap, as_label_map, label_conv
+from ccfpse.nn.recompute import recompute
 
 # Channel multipliers of ngf for the seven blocks' inputs and outputs:
 # head_0, G_middle_0, G_middle_1, up_0, up_1, up_2, up_3.
@@ -39,16 +40,32 @@ class LabelPyramid(nn.Module):
         )
         self.lateral = nn.ModuleList([ConvUnit(nf, nf, 1) for _ in range(num_levels - 1)])
         self.decode = nn.ModuleList([ConvUnit(nf, nf, 3) for _ in range(num_levels - 1)])
+        # Recompute in backward instead of keeping the activations (held through the blocks' backward).
+        self.checkpoint = False
 
     def forward(self, labels: LabelMap) -> list[torch.Tensor]:
+        if not (self.checkpoint and torch.is_grad_enabled()):
+            return self._run(labels)
+        units = [*self.down, *self.lateral, *self.decode]
+        weights = [unit.conv.weight for unit in units]  # read once: each read is a power iteration
+        plain = [p for name, p in self.named_parameters() if ".parametrizations." not in name]
+        return list(recompute(lambda *w, recomputing: self._run(labels, w, update_stats=not recomputing),
+                              weights, plain))
+
+    def _run(self, labels: LabelMap, weights=None, update_stats: bool | None = None) -> list[torch.Tensor]:
+        """``weights``: the units' conv weights (down, lateral, decode), if already read."""
+        n = len(self.down)
+        w = list(weights) if weights is not None else [None] * (n + 2 * len(self.lateral))
+        down_w, lateral_w, decode_w = w[:n], w[n : n + len(self.lateral)], w[n + len(self.lateral) :]
         first = self.down[0]
-        h = first.norm(label_conv(first.conv.weight, None, labels))
+        h = first.normalize(label_conv(down_w[0] if down_w[0] is not None else first.conv.weight, None, labels),
+                            update_stats)
         bottom_up = [F.leaky_relu_(h, LRELU_SLOPE)]
-        for layer in self.down[1:]:
-            bottom_up.append(layer(bottom_up[-1]))
+        for layer, weight in zip(self.down[1:], down_w[1:]):
+            bottom_up.append(layer(bottom_up[-1], weight, update_stats))
         top_down = [bottom_up[-1]]
-        for lateral, decode, skip in zip(self.lateral, self.decode, reversed(bottom_up[:-1])):
-            top_down.append(decode(upsample2x(top_down[-1]) + lateral(skip)))
+        for lateral, decode, skip, lw, dw in zip(self.lateral, self.decode, reversed(bottom_up[:-1]), lateral_w, decode_w):
+            top_down.append(decode(upsample2x(top_down[-1]) + lateral(skip, lw, update_stats), dw, update_stats))
         return top_down
 
 
@@ -93,9 +110,11 @@ class CCFPSEGenerator(nn.Module):
         )
 
     def set_checkpointing(self, enabled: bool) -> None:
-        """Recompute the per-pixel kernels in backward (saves most activation memory)."""
+        """Recompute the per-pixel kernels and the label pyramid in backward (saves most
+        activation memory)."""
         for block in self.blocks:
             block.checkpoint = enabled
+        self.pyramid.checkpoint = enabled
 
     def forward(self, semantics: torch.Tensor | LabelMap, z: torch.Tensor | None = None) -> torch.Tensor:
         """semantics: (N, semantic_nc, H, W) one-hot [+ instance edges], or a ``LabelMap`` of

@@ -164,6 +164,7 @@ def train(cfg: Config, run_dir: str | Path, device: str | None = None, progress:
     G_ema = copy.deepcopy(G).eval().requires_grad_(False) if t.use_ema else None
     if t.checkpoint_activations:
         G.set_checkpointing(True)
+        E.set_checkpointing(True)
         if G_ema is not None:  # its samples, too, in strips
             G_ema.set_checkpointing(True)
     generator = GeneratorWithEncoder(G, E).to(device_)
