@@ -39,8 +39,8 @@ SWITCH_FLAGS = (
     ("--no-vgg-loss", "train.no_vgg_loss", True, "train without the VGG19 perceptual loss"),
     ("--no-ema", "train.use_ema", False, "do not keep an EMA copy of the generator"),
     ("--checkpoint-activations", "train.checkpoint_activations", True,
-     "trade compute for memory (large crops): recompute each generator block in backward, "
-     "apply predicted kernels in strips, return large freed blocks to the OS"),
+     "trade compute for memory (large crops): generator blocks in strips of rows, recomputed "
+     "in backward, as are the label pyramid and the encoder"),
     ("--compile", "train.compile", True, "torch.compile the networks"),
     ("--deterministic", "train.deterministic", True, "deterministic algorithms only"),
     ("--no-flip", "data.no_flip", True, "no random horizontal flips"),
