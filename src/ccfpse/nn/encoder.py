@@ -33,9 +33,9 @@ class ConvEncoder(nn.Module):
         """image (N, 3, H, W) in [-1, 1] -> (mu, logvar), each (N, z_dim)."""
         if image.shape[2:] != (INPUT_SIZE, INPUT_SIZE):
             image = F.interpolate(image, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
-        if not (self.checkpoint and torch.is_grad_enabled()):
-            return self._run(image)
         weights = [layer.conv.weight for layer in self.layers]  # read once: each read is a power iteration
+        if not (self.checkpoint and torch.is_grad_enabled()):
+            return self._run(image, weights)
         plain = [*self.fc_mu.parameters(), *self.fc_var.parameters()]
         mu, logvar = recompute(lambda x, *w, recomputing: self._run(x, w), [image, *weights], plain)
         return mu, logvar
@@ -45,11 +45,11 @@ class ConvEncoder(nn.Module):
         generator's step they would be held through the generator's whole backward pass)."""
         self.checkpoint = enabled
 
-    def _run(self, image: torch.Tensor, weights=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run(self, image: torch.Tensor, weights) -> tuple[torch.Tensor, torch.Tensor]:
         h = image
-        for i, layer in enumerate(self.layers):
+        for i, (layer, weight) in enumerate(zip(self.layers, weights)):
             # (in place: instance norm's backward does not read its output)
-            h = layer(h if i == 0 else F.leaky_relu_(h, LRELU_SLOPE), None if weights is None else weights[i])
+            h = layer(h if i == 0 else F.leaky_relu_(h, LRELU_SLOPE), weight)
         h = F.leaky_relu_(h, LRELU_SLOPE).flatten(1)
         return self.fc_mu(h), self.fc_var(h)
 

@@ -44,22 +44,21 @@ class LabelPyramid(nn.Module):
         self.checkpoint = False
 
     def forward(self, labels: LabelMap) -> list[torch.Tensor]:
+        # Each read of a spectral-norm weight is a power iteration: once per pass, also when
+        # the pass is recomputed in backward.
+        weights = [unit.conv.weight for unit in (*self.down, *self.lateral, *self.decode)]
         if not (self.checkpoint and torch.is_grad_enabled()):
-            return self._run(labels)
-        units = [*self.down, *self.lateral, *self.decode]
-        weights = [unit.conv.weight for unit in units]  # read once: each read is a power iteration
+            return self._run(labels, weights)
         plain = [p for name, p in self.named_parameters() if ".parametrizations." not in name]
         return list(recompute(lambda *w, recomputing: self._run(labels, w, update_stats=not recomputing),
                               weights, plain))
 
-    def _run(self, labels: LabelMap, weights=None, update_stats: bool | None = None) -> list[torch.Tensor]:
-        """``weights``: the units' conv weights (down, lateral, decode), if already read."""
-        n = len(self.down)
-        w = list(weights) if weights is not None else [None] * (n + 2 * len(self.lateral))
-        down_w, lateral_w, decode_w = w[:n], w[n : n + len(self.lateral)], w[n + len(self.lateral) :]
+    def _run(self, labels: LabelMap, weights, update_stats: bool | None = None) -> list[torch.Tensor]:
+        """``weights``: the units' conv weights, down then lateral then decode."""
+        n, m = len(self.down), len(self.lateral)
+        down_w, lateral_w, decode_w = weights[:n], weights[n : n + m], weights[n + m :]
         first = self.down[0]
-        h = first.normalize(label_conv(down_w[0] if down_w[0] is not None else first.conv.weight, None, labels),
-                            update_stats)
+        h = first.normalize(label_conv(down_w[0], None, labels), update_stats)
         bottom_up = [F.leaky_relu_(h, LRELU_SLOPE)]
         for layer, weight in zip(self.down[1:], down_w[1:]):
             bottom_up.append(layer(bottom_up[-1], weight, update_stats))
