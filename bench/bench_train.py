@@ -54,6 +54,7 @@ from ccfpse.config import ModelConfig  # noqa: E402
 from ccfpse.data.semantics import make_label_map  # noqa: E402
 from ccfpse.nn import build_networks, reparameterize  # noqa: E402
 from ccfpse.train.losses import d_hinge_loss, feature_matching_loss, g_hinge_loss, kld_loss  # noqa: E402
+from ccfpse.train.loop import GeneratorWithEncoder  # noqa: E402
 from ccfpse.train.memory import keep_freed_memory  # noqa: E402
 from ccfpse.train.optim import Adam  # noqa: E402
 
@@ -260,8 +261,7 @@ def set_up(args) -> tuple[Trainer, Batch]:
     cfg = model_config(args)
     G, D, E = build(args.impl, cfg)
     if args.checkpointing:  # what --checkpoint-activations does
-        G.set_checkpointing(True)
-        E.set_checkpointing(True)
+        GeneratorWithEncoder(G, E).set_checkpointing(True)
     if args.impl == "ours":  # as ccfpse train does on the CPU
         keep_freed_memory()
     trainer = Trainer(G, D, E, args.impl == "official", args.d_grads_in_g_step)
@@ -330,8 +330,7 @@ def saved_report(args) -> None:
     cfg = model_config(args)
     G, D, E = build(args.impl, cfg)
     if args.checkpointing:
-        G.set_checkpointing(True)
-        E.set_checkpointing(True)
+        GeneratorWithEncoder(G, E).set_checkpointing(True)  # as --checkpoint-activations
     for net in (G, D, E):
         net.train()
     D.requires_grad_(args.d_grads_in_g_step)
@@ -378,8 +377,7 @@ def g_step_gradients(impl: str, cfg: ModelConfig, batch: Batch, checkpointing: b
     flips the sign of some terms in either implementation.)"""
     G, D, E = build(impl, cfg)
     if checkpointing:
-        G.set_checkpointing(True)
-        E.set_checkpointing(True)
+        GeneratorWithEncoder(G, E).set_checkpointing(True)  # as --checkpoint-activations
     for net in (G, D, E):
         net.train()
     D.requires_grad_(False)
@@ -454,8 +452,7 @@ def check(args) -> None:
     for impl in ("official", "ours"):
         G, D, E = build(impl, cfg)
         if impl != "official" and args.checkpointing:
-            G.set_checkpointing(True)
-            E.set_checkpointing(True)
+            GeneratorWithEncoder(G, E).set_checkpointing(True)  # as --checkpoint-activations
         trainer = Trainer(G, D, E, impl == "official")
         torch.manual_seed(123)
         losses = trainer.g_step(batch)

@@ -167,6 +167,26 @@ def test_ddp_step_equals_single_process_step_on_the_concatenated_batch(coco_fixt
     assert len(list((tmp_path / "ddp" / "checkpoints").iterdir())) == 1
 
 
+@pytest.mark.parametrize("use_vae", [True, False])
+def test_checkpoint_activations_trains_as_without(coco_fixture_root, tmp_path, use_vae):
+    """--checkpoint-activations, with or without the encoder: the losses of two steps are those
+    of two steps without it, up to float32 rounding. (Weights are not compared: Adam turns the
+    rounding of near-zero gradients into steps of +-lr.)"""
+    logs = []
+    for ckpt in (False, True):
+        sets = [f"model.use_vae={str(use_vae).lower()}", f"train.checkpoint_activations={str(ckpt).lower()}",
+                "train.max_steps=2", "train.use_ema=false"]
+        assert train(coco_cfg(coco_fixture_root, *sets), tmp_path / f"ckpt_{ckpt}", progress=False).step == 2
+        records = [json.loads(line) for line in (tmp_path / f"ckpt_{ckpt}" / "log.jsonl").read_text().splitlines()]
+        logs.append([{k: v for k, v in r.items() if k[0].isupper()} for r in records if "G_gan" in r])
+    plain, checkpointed = logs
+    assert len(plain) == 2 and [r.keys() for r in checkpointed] == [r.keys() for r in plain]
+    assert ("KLD" in plain[0]) == use_vae
+    for a, b in zip(plain, checkpointed):
+        for k in a:
+            assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-6), k
+
+
 def test_bf16_step_runs_on_cpu(coco_fixture_root, tmp_path):
     result = train(coco_cfg(coco_fixture_root, "train.precision=bf16", "train.max_steps=1"), tmp_path / "bf16",
                    progress=False)

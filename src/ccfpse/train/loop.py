@@ -63,6 +63,13 @@ class GeneratorWithEncoder(nn.Module):
             z = reparameterize(mu, logvar)
         return self.G(semantics, z), mu, logvar
 
+    def set_checkpointing(self, enabled: bool) -> None:
+        """What ``--checkpoint-activations`` sets: G's blocks and pyramid, and E (if any),
+        recomputed in backward."""
+        self.G.set_checkpointing(enabled)
+        if self.E is not None:
+            self.E.set_checkpointing(enabled)
+
 
 def learning_rates(cfg: Config, epoch: int) -> tuple[float, float]:
     """(G/E lr, D lr) for a 0-based epoch: constant for niter epochs, then linear decay to zero
@@ -162,12 +169,12 @@ def train(cfg: Config, run_dir: str | Path, device: str | None = None, progress:
     torch.manual_seed(t.seed)
     G, D, E = build_networks(m)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False) if t.use_ema else None
+    generator = GeneratorWithEncoder(G, E)
     if t.checkpoint_activations:
-        G.set_checkpointing(True)
-        E.set_checkpointing(True)
+        generator.set_checkpointing(True)
         if G_ema is not None:  # its samples, too, in strips
             G_ema.set_checkpointing(True)
-    generator = GeneratorWithEncoder(G, E).to(device_)
+    generator = generator.to(device_)
     if dist_info.enabled:
         generator = convert_sync_batchnorm(generator, device_.type)  # as the release
     D = D.to(device_)
