@@ -18,6 +18,8 @@ image is computed from its rows and the halo rows next to it, without padding co
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -26,6 +28,7 @@ from torch.autograd.function import once_differentiable
 from ccfpse import native
 
 __all__ = [
+    "autocast_region",
     "autocast_state",
     "cond_depthwise_conv2d",
     "cond_depthwise_conv2d_eager",
@@ -270,3 +273,9 @@ def autocast_state(device_type: str):
     except (RuntimeError, TypeError, ValueError):  # a device type autocast does not know
         pass
     return None
+
+
+def autocast_region(state):
+    """The autocast region ``autocast_state`` described (a recomputation runs under it), or a
+    context that changes nothing when it was None."""
+    return torch.autocast(*state) if state else contextlib.nullcontext()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -11,7 +9,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from ccfpse.nn.label_conv import LabelMap, Rows, conv_rows, halo, label_conv
 from ccfpse.nn.norm import batch_norm_affine
-from ccfpse.ops import autocast_state, cond_depthwise_conv2d
+from ccfpse.ops import autocast_region, autocast_state, cond_depthwise_conv2d
 from ccfpse.winograd import conv3x3
 
 LRELU_SLOPE = 0.2
@@ -256,7 +254,7 @@ class _RecomputedBlock(torch.autograd.Function):
         trainable = [i for i, p in enumerate(all_params) if p.requires_grad]
         params = [all_params[i] for i in trainable]
         h = x.shape[2]
-        amp = torch.autocast(*ctx.autocast) if ctx.autocast else contextlib.nullcontext()
+        amp = autocast_region(ctx.autocast)
         with torch.enable_grad(), amp:  # the small graph: the statistics
             x_graph, mid_graph = x.detach().requires_grad_(), mid.detach().requires_grad_()
             shared = block._shared(x_graph, update_stats=False)

@@ -8,13 +8,12 @@ torch._dynamo and Triton (~150 MB resident) on first use.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from ccfpse.ops import autocast_state
+from ccfpse.ops import autocast_region, autocast_state
 
 
 def recompute(run: Callable[..., Sequence[Tensor]], inputs: Sequence[Tensor], params: Sequence[Tensor]
@@ -45,7 +44,7 @@ class _Recompute(torch.autograd.Function):
             raise RuntimeError("recompute: double backward is not supported")
         needs = ctx.needs_input_grad[2:]
         inputs = [t.detach().requires_grad_(need) for t, need in zip(ctx.saved_tensors, needs)]
-        amp = torch.autocast(*ctx.autocast) if ctx.autocast else contextlib.nullcontext()
+        amp = autocast_region(ctx.autocast)
         with torch.enable_grad(), amp:
             outputs = ctx.run(*inputs, recomputing=True)
         pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None and o.requires_grad]
