@@ -102,22 +102,35 @@ def _input_transform(lib, x: Tensor, pad_top: int, t0: int, nty: int, tw: int) -
     return v
 
 
+class _Filters:
+    """The transformed filters of a (K, C, 3, 3) or already transformed (36, K, C) weight, by
+    blocks of output channels. With one tile chunk each block is transformed as it is used, so
+    the transformed weights (4x the filters: 42 MB for the 2304 kernels of a 32 x 32 block) never
+    exist at once; with several chunks they are transformed once for all of them."""
+
+    def __init__(self, weight: Tensor, num_chunks: int) -> None:
+        self.blockwise = weight.dim() == 4 and num_chunks == 1
+        self.u = weight if weight.dim() == 3 or self.blockwise else winograd_weight(weight)
+        self.k = weight.shape[0] if weight.dim() == 4 else weight.shape[1]
+
+    def block(self, k0: int, k1: int) -> Tensor:
+        """(36, k1 - k0, C): the transformed filters k0 .. k1 - 1."""
+        return winograd_weight(self.u[k0:k1]) if self.blockwise else self.u[:, k0:k1]
+
+
 def _forward(lib, x: Tensor, weight: Tensor, bias: Tensor | None, pad_top: int, out_rows: int) -> Tensor:
     n, c, _, w = x.shape
     th, tw = _geometry(x, out_rows)
     chunks = _chunks(th, tw, n, c)
-    # One chunk: each block of filters is transformed as it is used, so the transformed weights
-    # (4x the filters: 42 MB for the 2304 kernels of a 32 x 32 block) never exist at once.
-    blockwise = weight.dim() == 4 and len(chunks) == 1
-    u = weight if weight.dim() == 3 or blockwise else winograd_weight(weight)
-    k = weight.shape[0] if blockwise else u.shape[1]
+    filters = _Filters(weight, len(chunks))
+    k = filters.k
     y = torch.empty((n, k, out_rows, w), dtype=torch.float32)
     for t0, nty in chunks:
         tiles = n * nty * tw
         v = _input_transform(lib, x, pad_top, t0, nty, tw)
         for k0, k1 in _blocks(k, tiles):
             m = _transformed(k1 - k0, tiles)
-            torch.bmm(winograd_weight(u[k0:k1]) if blockwise else u[:, k0:k1], v, out=m)
+            torch.bmm(filters.block(k0, k1), v, out=m)
             lib.wino_output(m.data_ptr(), y[:, k0:k1].data_ptr(), None if bias is None else bias[k0:k1].data_ptr(),
                             n, k1 - k0, k, out_rows, w, t0, nty, tw, native.threads(m.numel()))
     return y
@@ -129,13 +142,12 @@ def _backward(lib, x: Tensor, weight: Tensor, gy: Tensor, pad_top: int, need_x: 
     out_rows = gy.shape[2]
     th, tw = _geometry(x, out_rows)
     chunks = _chunks(th, tw, n, c)
-    blockwise = weight.dim() == 4 and len(chunks) == 1  # as in _forward
-    u = weight if weight.dim() == 3 or blockwise else winograd_weight(weight)
-    k = weight.shape[0] if blockwise else u.shape[1]
+    filters = _Filters(weight, len(chunks))
+    k, blockwise = filters.k, filters.blockwise
     gx = torch.zeros((n, c, h, w), dtype=torch.float32) if need_x else None
     gu = None
     if need_w:
-        gu = torch.empty_like(weight) if blockwise else torch.zeros_like(u)
+        gu = torch.empty_like(weight) if blockwise else torch.zeros_like(filters.u)
     for t0, nty in chunks:
         tiles = n * nty * tw
         v = _input_transform(lib, x, pad_top, t0, nty, tw).transpose(1, 2) if need_w else None
@@ -150,7 +162,7 @@ def _backward(lib, x: Tensor, weight: Tensor, gy: Tensor, pad_top: int, need_x: 
                 else:
                     gu[:, k0:k1].baddbmm_(gm, v)
             if need_x:
-                ut = (winograd_weight(u[k0:k1]) if blockwise else u[:, k0:k1]).transpose(1, 2)
+                ut = filters.block(k0, k1).transpose(1, 2)
                 if i == 0:
                     torch.bmm(ut, gm, out=gv)
                 else:
