@@ -64,12 +64,29 @@ def test_a_few_steps_decrease_a_reconstruction_loss_on_real_data(coco_fixture_ro
 
 def _states(path):
     state = read_training_checkpoint(path)
-    return state["nets"], state["optim"]
+    return state["nets"], state["optim"], (state["step"], state["epoch"], state["rng"])
+
+
+def _assert_same_rng(a, b, where="rng"):
+    """Equal RNG states (tensors, and lists/dicts of plain values)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_same_rng(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (u, v) in enumerate(zip(a, b)):
+            _assert_same_rng(u, v, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where
 
 
 def _assert_same_state(a, b):
-    nets_a, optim_a = a
-    nets_b, optim_b = b
+    (nets_a, optim_a, position_a), (nets_b, optim_b, position_b) = a, b
+    assert position_a[:2] == position_b[:2]  # step, epoch
+    _assert_same_rng(position_a[2], position_b[2])
     for net in nets_a:
         if nets_a[net] is None:
             assert nets_b[net] is None
@@ -144,8 +161,8 @@ def test_ddp_step_equals_single_process_step_on_the_concatenated_batch(coco_fixt
     single = coco_cfg(coco_fixture_root, "model.use_vae=false", "train.batch_size=2", "train.max_steps=1", "train.lr=1e-6",
                       "train.use_ema=false", "data.no_flip=true", "data.preprocess_mode=fixed", "data.load_size=64")
     train(single, tmp_path / "single", progress=False)
-    ddp_nets, ddp_optim = _states(tmp_path / "ddp" / "checkpoints" / "step_000000001.pt")
-    one_nets, one_optim = _states(tmp_path / "single" / "checkpoints" / "step_000000001.pt")
+    ddp_nets, ddp_optim, _ = _states(tmp_path / "ddp" / "checkpoints" / "step_000000001.pt")
+    one_nets, one_optim, _ = _states(tmp_path / "single" / "checkpoints" / "step_000000001.pt")
     # After one step Adam's second moment is (1 - beta2) * grad**2: it gives |grad| of the
     # (synchronised) gradient; the weights below carry its sign. Gradients that are zero in exact
     # arithmetic (biases followed by BatchNorm) hold only rounding noise, so errors are measured
@@ -258,5 +275,5 @@ def test_compile_flag_trains_through_the_compiled_modules(coco_fixture_root, tmp
     monkeypatch.setattr(torch, "compile", lambda module, **kw: real_compile(module, backend="eager"))
     result = train(coco_cfg(coco_fixture_root, "train.compile=true", "train.max_steps=1"), tmp_path / "c",
                    progress=False)
-    nets, _ = _states(result.last_checkpoint)
+    nets, _, _ = _states(result.last_checkpoint)
     assert not any(k.startswith("_orig_mod") for k in nets["G"])

@@ -19,7 +19,7 @@ from ccfpse.model_io import TRAIN_FORMAT, latest_checkpoint, read_training_check
 
 __all__ = [
     "TRAIN_FORMAT", "atomic_save", "save_checkpoint", "latest_checkpoint", "read_training_checkpoint",
-    "prune_checkpoints", "rng_state", "set_rng_state",
+    "prune_checkpoints", "rng_state", "set_rng_state", "seed_rngs",
 ]
 
 
@@ -75,6 +75,15 @@ def rng_state() -> dict[str, Any]:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def seed_rngs(seed: int) -> None:
+    """Seed every RNG that ``rng_state`` records (torch with CUDA, NumPy, Python), so that runs
+    with the same seed hold the same states, in their checkpoints too: an unseeded one would
+    start from the OS's entropy in every process."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def set_rng_state(state: dict[str, Any]) -> None:

@@ -216,9 +216,9 @@ def train(cfg: Config, run_dir: str | Path, device: str | None = None, progress:
         if len(rngs) == dist_info.world_size:
             ckpt.set_rng_state(rngs[dist_info.rank])
         else:
-            torch.manual_seed(t.seed + 7919 * dist_info.rank + step)
+            ckpt.seed_rngs(t.seed + 7919 * dist_info.rank + step)
     else:
-        torch.manual_seed(t.seed + 7919 * dist_info.rank)  # ranks draw different z
+        ckpt.seed_rngs(t.seed + 7919 * dist_info.rank)  # ranks draw different z
 
     if dist_info.enabled:
         ids = [device_.index] if device_.type == "cuda" else None
