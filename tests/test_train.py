@@ -67,26 +67,10 @@ def _states(path):
     return state["nets"], state["optim"], (state["step"], state["epoch"], state["rng"])
 
 
-def _assert_same_rng(a, b, where="rng"):
-    """Equal RNG states (tensors, and lists/dicts of plain values)."""
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _assert_same_rng(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (u, v) in enumerate(zip(a, b)):
-            _assert_same_rng(u, v, f"{where}[{i}]")
-    elif isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    else:
-        assert a == b, where
-
-
 def _assert_same_state(a, b):
     (nets_a, optim_a, position_a), (nets_b, optim_b, position_b) = a, b
     assert position_a[:2] == position_b[:2]  # step, epoch
-    _assert_same_rng(position_a[2], position_b[2])
+    torch.testing.assert_close(position_a[2], position_b[2], rtol=0, atol=0)  # every RNG state, exactly
     for net in nets_a:
         if nets_a[net] is None:
             assert nets_b[net] is None
