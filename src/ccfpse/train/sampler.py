@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ccfpse.train.checkpoint import seed_rngs
+
 
 class ResumableSampler(Sampler):
     def __init__(self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0,
@@ -61,9 +63,7 @@ class SeededSamples(Dataset):
         index, seed = key
         py_state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            random.seed(seed)
-            np.random.seed(seed)
+            seed_rngs(seed)
             try:
                 return self.dataset[index]
             finally:
