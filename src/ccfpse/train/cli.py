@@ -41,7 +41,9 @@ SWITCH_FLAGS = (
     ("--checkpoint-activations", "train.checkpoint_activations", True,
      "trade compute for memory (large crops): generator blocks in strips of rows, recomputed "
      "in backward, as are the label pyramid and the encoder"),
-    ("--compile", "train.compile", True, "torch.compile the networks"),
+    ("--compile", "train.compile", True,
+     "torch.compile the discriminator and the encoder (static shapes; minutes of compilation on "
+     "a CPU); the generator stays eager"),
     ("--deterministic", "train.deterministic", True, "deterministic algorithms only"),
     ("--no-flip", "data.no_flip", True, "no random horizontal flips"),
 )

@@ -88,6 +88,18 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         b_ema.copy_(b)
 
 
+def compile_networks(*nets: nn.Module | None) -> None:
+    """``torch.compile`` the discriminator and the encoder in place (keys and wrappers stay as
+    they are), with static shapes: they are plain conv stacks of one size per run. The
+    generator stays eager: its strips, label look-ups and compiled CPU kernels would split it
+    into hundreds of graphs, one per block and strip size (measured: 14 min of compilation for
+    2 steps at ngf 4 on 2 CPU cores), and inductor could not lower the strips' index arithmetic
+    with symbolic sizes."""
+    for net in nets:
+        if net is not None:
+            net.compile(dynamic=False)
+
+
 def unwrap(module: nn.Module) -> nn.Module:
     """The plain module inside DDP and torch.compile wrappers."""
     while True:
@@ -220,12 +232,12 @@ def train(cfg: Config, run_dir: str | Path, device: str | None = None, progress:
     else:
         ckpt.seed_rngs(t.seed + 7919 * dist_info.rank)  # ranks draw different z
 
+    if t.compile:
+        compile_networks(D, E)
     if dist_info.enabled:
         ids = [device_.index] if device_.type == "cuda" else None
         generator = DDP(generator, device_ids=ids)
         D = DDP(D, device_ids=ids)
-    if t.compile:
-        generator, D = torch.compile(generator), torch.compile(D)
 
     # Evaluation during training: metric networks load now, so missing weights fail at once.
     evaluator = eval_set = None
