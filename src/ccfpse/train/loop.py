@@ -91,10 +91,10 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
 def compile_networks(*nets: nn.Module | None) -> None:
     """``torch.compile`` the discriminator and the encoder in place (keys and wrappers stay as
     they are), with static shapes: they are plain conv stacks of one size per run. The
-    generator stays eager: its strips, label look-ups and compiled CPU kernels would split it
-    into hundreds of graphs, one per block and strip size (measured: 14 min of compilation for
-    2 steps at ngf 4 on 2 CPU cores), and inductor could not lower the strips' index arithmetic
-    with symbolic sizes."""
+    generator stays eager: its strips, label look-ups and compiled CPU kernels split it into
+    hundreds of graphs, one per block and strip size (measured with static shapes: 14 min of
+    compilation for 2 steps at ngf 4 on 2 CPU cores), and inductor could not lower the strips'
+    index arithmetic with symbolic sizes."""
     for net in nets:
         if net is not None:
             net.compile(dynamic=False)
