@@ -4,7 +4,6 @@ bf16, the NaN guard, and the out-of-the-box command."""
 import json
 import math
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ccfpse.config import apply_overrides, preset
+from ccfpse.config import ConfigError, apply_overrides, preset
 from ccfpse.data.datasets import build_dataset
 from ccfpse.data.semantics import make_semantics
 from ccfpse.model_io import load_for_inference, read_training_checkpoint
@@ -272,11 +271,19 @@ def test_compile_flag_compiles_the_discriminator_and_encoder_in_place(coco_fixtu
         assert not any("_orig_mod" in k for k in nets[name]), name
 
 
+def test_compile_flag_without_a_cxx_compiler_is_one_clear_error(coco_fixture_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-cxx-compiler")
+    with pytest.raises(ConfigError, match="--compile on the CPU needs the C\\+\\+ compiler that .CXX names .'no-such-cxx-compiler'"):
+        train(coco_cfg(coco_fixture_root, "train.compile=true", "train.max_steps=1"), tmp_path / "c", progress=False)
+    assert not (tmp_path / "c").exists()
+
+
 def test_compile_flag_runs_with_torch_inductor(coco_fixture_root, tmp_path):
     # The real backend (C++ code generation, about two minutes here): it once failed where the
     # eager stand-in above passed.
-    if shutil.which(os.environ.get("CXX", "g++")) is None:
-        pytest.skip("no C++ compiler for torch.compile's inductor backend")
+    missing = loop.cpu_compile_requirements_missing()
+    if missing:
+        pytest.skip(f"torch.compile's inductor backend needs {missing}")
     import torch._dynamo
 
     torch._dynamo.reset()

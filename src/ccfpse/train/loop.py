@@ -7,7 +7,11 @@ the two steps. Everything that writes files goes through rank 0.
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 import signal
+import sys
+import sysconfig
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +104,18 @@ def compile_networks(*nets: nn.Module | None) -> None:
             net.compile(dynamic=False)
 
 
+def cpu_compile_requirements_missing() -> str | None:
+    """What inductor's CPU code generation lacks here (its C++ compiler, Python's headers), if anything."""
+    if os.environ.get("CXX"):  # inductor's choice of compiler
+        if shutil.which(os.environ["CXX"]) is None:
+            return f"the C++ compiler that $CXX names ({os.environ['CXX']!r}), which is not found"
+    elif shutil.which(default := "clang++" if sys.platform == "darwin" else "g++") is None:
+        return f"a C++ compiler ({default!r}, or another one named by $CXX)"
+    if not (Path(sysconfig.get_path("include")) / "Python.h").exists():
+        return f"Python's C headers (Python.h in {sysconfig.get_path('include')}; e.g. the python3-dev package)"
+    return None
+
+
 def unwrap(module: nn.Module) -> nn.Module:
     """The plain module inside DDP and torch.compile wrappers."""
     while True:
@@ -150,6 +166,11 @@ def train(cfg: Config, run_dir: str | Path, device: str | None = None, progress:
         )
     run_dir = Path(run_dir)
     device_ = pick_device(device)
+    if t.compile and device_.type == "cpu":
+        missing = cpu_compile_requirements_missing()
+        if missing:
+            raise ConfigError(f"--compile on the CPU needs {missing}: torch.compile's inductor backend "
+                              "builds its C++ kernels with it; install it, or train without --compile")
     dist_info = init_distributed(device_.type)
     if dist_info.enabled and device_.type == "cuda":
         device_ = torch.device("cuda", dist_info.local_rank)
