@@ -111,20 +111,16 @@ def cpu_compile_requirements_missing() -> str | None:
             return f"the C++ compiler that $CXX names ({os.environ['CXX']!r}), which is not found"
     elif shutil.which(default := "clang++" if sys.platform == "darwin" else "g++") is None:
         return f"a C++ compiler ({default!r}, or another one named by $CXX)"
-    if not (Path(sysconfig.get_path("include")) / "Python.h").exists():
-        return f"Python's C headers (Python.h in {sysconfig.get_path('include')}; e.g. the python3-dev package)"
+    include = sysconfig.get_path("include")
+    if not (Path(include) / "Python.h").exists():
+        return f"Python's C headers (Python.h in {include}; e.g. the python3-dev package)"
     return None
 
 
 def unwrap(module: nn.Module) -> nn.Module:
-    """The plain module inside DDP and torch.compile wrappers."""
-    while True:
-        if isinstance(module, DDP):
-            module = module.module
-        elif hasattr(module, "_orig_mod"):  # torch.compile's OptimizedModule
-            module = module._orig_mod
-        else:
-            return module
+    """The plain module inside a DDP wrapper (``compile_networks`` compiles in place, so there
+    is no torch.compile wrapper to look through)."""
+    return module.module if isinstance(module, DDP) else module
 
 
 class StopFlag:
