@@ -142,3 +142,34 @@ def test_freed_memory_is_kept_on_glibc():
         assert ok
     else:
         assert ok is False
+
+
+_RELEASE_SCRIPT = r"""
+import torch
+from ccfpse.train.memory import keep_freed_memory, release_freed_memory
+
+def rss_mib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+assert keep_freed_memory()
+base = rss_mib()
+blocks = [torch.ones(2 * 2**20) for _ in range(40)]  # 40 x 8 MiB, below the 32 MiB mmap threshold
+del blocks
+kept = rss_mib()
+release_freed_memory()
+print(base, kept, rss_mib())
+"""
+
+
+def test_kept_memory_is_returned_when_training_ends():
+    import platform
+    import subprocess
+    import sys
+
+    if not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"):
+        pytest.skip("glibc's allocator settings apply on Linux with glibc only")
+    out = subprocess.run([sys.executable, "-c", _RELEASE_SCRIPT], capture_output=True, text=True, check=True)
+    base, kept, released = map(float, out.stdout.split())
+    assert kept - base > 250  # the freed 320 MiB stayed with the process ...
+    assert kept - released > 250  # ... until released

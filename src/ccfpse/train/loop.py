@@ -34,7 +34,7 @@ from ccfpse.train.distributed import (
 from ccfpse.train.losses import (
     VGGLoss, d_hinge_loss, feature_matching_loss, g_hinge_loss, kld_loss, load_vgg19_features,
 )
-from ccfpse.train.memory import keep_freed_memory
+from ccfpse.train.memory import keep_freed_memory, release_freed_memory
 from ccfpse.train.optim import Adam
 from ccfpse.train.sampler import ResumableSampler, SeededSamples
 
@@ -150,6 +150,15 @@ class StopFlag:
 
 def train(cfg: Config, run_dir: str | Path, device: str | None = None, progress: bool = True,
           resume_from: str | Path | None = None) -> TrainResult:
+    """Train (or resume) the run in ``run_dir``; see ``ccfpse train --help``."""
+    try:
+        return _train(cfg, run_dir, device, progress, resume_from)
+    finally:
+        release_freed_memory()  # the networks and optimisers are gone now; CPU runs kept freed memory
+
+
+def _train(cfg: Config, run_dir: str | Path, device: str | None, progress: bool,
+           resume_from: str | Path | None) -> TrainResult:
     from ccfpse.data import build_dataset, validate_dataset
     from ccfpse.train.report import Reporter
 

@@ -5,9 +5,24 @@ from __future__ import annotations
 import ctypes
 import sys
 
-# glibc's mallopt parameter numbers (malloc.h) and the largest mmap threshold it accepts.
+# glibc's mallopt parameter numbers (malloc.h), the largest mmap threshold it accepts, and the
+# defaults of both thresholds.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MAX_MMAP_THRESHOLD = 32 * 2**20
+_DEFAULT_THRESHOLD = 128 * 2**10
+_kept = False
+
+
+def _libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def keep_freed_memory() -> bool:
@@ -18,11 +33,24 @@ def keep_freed_memory() -> bool:
     By default glibc trims the heap top and raises the mmap threshold only as blocks are freed,
     so tensors of a few MiB keep being mapped, faulted in and unmapped. Returns False where it
     does not apply (not Linux with glibc)."""
-    if not sys.platform.startswith("linux"):
+    global _kept
+    libc = _libc()
+    if libc is None:
         return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MAX_MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    _kept = bool(libc.mallopt(_M_MMAP_THRESHOLD, _MAX_MMAP_THRESHOLD) and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return _kept
+
+
+def release_freed_memory() -> None:
+    """Undo ``keep_freed_memory`` when training ends: glibc's default thresholds again, and the
+    kept free memory returned to the system. Otherwise the process would stay at its training
+    peak, and on exit the CUDA build's libraries, which fault in ~125 MiB of their code then,
+    would push an outside measurement of the peak (``/usr/bin/time``) above the training's."""
+    global _kept
+    libc = _libc()
+    if not _kept or libc is None:
+        return
+    libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_THRESHOLD)
+    libc.mallopt(_M_MMAP_THRESHOLD, _DEFAULT_THRESHOLD)
+    libc.malloc_trim(0)
+    _kept = False
