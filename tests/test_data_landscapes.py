@@ -110,3 +110,25 @@ def test_ensure_landscapes_generates_once_atomically(tmp_path):
     with pytest.raises(DataError, match="mine"):
         landscapes.ensure_landscapes(other, num=4, size=32)
     assert (other / "precious.txt").read_text() == "keep"
+
+
+def test_ensure_landscapes_removes_what_a_killed_generation_left(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid = int(dead.stdout)
+    stale = cache / f".land.tmp-{host}-{dead_pid}-abc123"  # a process killed mid-generation
+    (stale / "train").mkdir(parents=True)
+    running = cache / f".land.tmp-{host}-{os.getpid()}-def456"  # a generation still running
+    running.mkdir()
+    other_host = cache / f".land.tmp-elsewhere-{dead_pid}-xyz"  # cannot tell from here: kept
+    other_host.mkdir()
+    landscapes.ensure_landscapes(cache / "land", num=3, size=32, seed=0)
+    assert sorted(p.name for p in cache.iterdir()) == sorted(["land", running.name, other_host.name])

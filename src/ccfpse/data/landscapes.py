@@ -16,9 +16,11 @@ JPEG (quality 95). Sample ``i`` depends only on (seed, i).
 from __future__ import annotations
 
 import functools
+import glob
 import json
 import os
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -470,6 +472,23 @@ def _read_meta(path: Path) -> dict | None:
         return None
 
 
+def _remove_stale_work_dirs(target: Path) -> None:
+    """Remove the temporary directories of generations on this host whose process is gone
+    (killed before it could clean up); those of running processes are left alone."""
+    host = socket.gethostname()
+    for kind in ("tmp", "old"):
+        for path in target.parent.glob(f".{glob.escape(target.name)}.{kind}-{glob.escape(host)}-*"):
+            pid = path.name[len(f".{target.name}.{kind}-{host}-"):].split("-", 1)[0]
+            if not pid.isdigit():
+                continue
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                shutil.rmtree(path, ignore_errors=True)
+            except OSError:  # alive, someone else's
+                pass
+
+
 def ensure_landscapes(root: str | Path, num: int, size: int, seed: int = 0, val_fraction: float = 0.1) -> Path:
     """The landscapes data set in directory ``root``, generated there on first use; returns it.
 
@@ -490,13 +509,15 @@ def ensure_landscapes(root: str | Path, num: int, size: int, seed: int = 0, val_
                 "generated data"
             )
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    _remove_stale_work_dirs(target)
+    owner = f"{socket.gethostname()}-{os.getpid()}-"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{owner}", dir=target.parent))
     trash = None
     try:
         generate(tmp, num, size, seed, val_fraction)
         if target.exists() and _read_meta(target) != want:
             # an empty directory or a set with other parameters: move it aside, then replace it
-            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{owner}", dir=target.parent))
             os.rename(target, trash / "old")
         try:
             os.rename(tmp, target)
