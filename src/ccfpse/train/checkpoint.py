@@ -59,7 +59,7 @@ def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
     ckpts = sorted(Path(run_dir, "checkpoints").glob("step_*.pt"))
     for old in ckpts[: max(0, len(ckpts) - keep_last)]:
         old.unlink(missing_ok=True)
-    for tmp in Path(run_dir, "checkpoints").glob(".step_*.tmp"):  # left by a save killed half-way
+    for tmp in Path(run_dir, "checkpoints").glob(".*.pt.*.tmp"):  # left by a save killed half-way
         tmp.unlink(missing_ok=True)
 
 
