@@ -472,13 +472,20 @@ def _read_meta(path: Path) -> dict | None:
         return None
 
 
+def _work_dir_prefix(target: Path, kind: str, host: str) -> str:
+    """Name prefix of a generation's temporary directories on ``host`` ("tmp": the set being
+    written, "old": the set it replaces); the generating process's pid and "-" follow it."""
+    return f".{target.name}.{kind}-{host}-"
+
+
 def _remove_stale_work_dirs(target: Path) -> None:
     """Remove the temporary directories of generations on this host whose process is gone
     (killed before it could clean up); those of running processes are left alone."""
     host = socket.gethostname()
     for kind in ("tmp", "old"):
-        for path in target.parent.glob(f".{glob.escape(target.name)}.{kind}-{glob.escape(host)}-*"):
-            pid = path.name[len(f".{target.name}.{kind}-{host}-"):].split("-", 1)[0]
+        prefix = _work_dir_prefix(target, kind, host)
+        for path in target.parent.glob(glob.escape(prefix) + "*"):
+            pid = path.name[len(prefix):].split("-", 1)[0]
             if not pid.isdigit():
                 continue
             try:
@@ -510,14 +517,14 @@ def ensure_landscapes(root: str | Path, num: int, size: int, seed: int = 0, val_
             )
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_work_dirs(target)
-    owner = f"{socket.gethostname()}-{os.getpid()}-"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{owner}", dir=target.parent))
+    host, owner = socket.gethostname(), f"{os.getpid()}-"
+    tmp = Path(tempfile.mkdtemp(prefix=_work_dir_prefix(target, "tmp", host) + owner, dir=target.parent))
     trash = None
     try:
         generate(tmp, num, size, seed, val_fraction)
         if target.exists() and _read_meta(target) != want:
             # an empty directory or a set with other parameters: move it aside, then replace it
-            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{owner}", dir=target.parent))
+            trash = Path(tempfile.mkdtemp(prefix=_work_dir_prefix(target, "old", host) + owner, dir=target.parent))
             os.rename(target, trash / "old")
         try:
             os.rename(tmp, target)

@@ -42,8 +42,9 @@ def keep_freed_memory() -> bool:
 
 
 def release_freed_memory() -> None:
-    """Undo ``keep_freed_memory`` when training ends: glibc's default thresholds again, and the
-    kept free memory returned to the system. Otherwise the process would stay at its training
+    """Undo ``keep_freed_memory`` when training ends: both thresholds back at glibc's default
+    values (fixed from then on, where glibc would raise the mmap threshold as blocks are freed),
+    and the kept free memory returned to the system. Otherwise the process would stay at its training
     peak, and on exit the CUDA build's libraries, which fault in ~125 MiB of their code then,
     would push an outside measurement of the peak (``/usr/bin/time``) above the training's."""
     global _kept
