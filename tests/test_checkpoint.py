@@ -29,3 +29,19 @@ def test_a_failed_save_leaves_neither_a_partial_file_nor_its_temporary(tmp_path)
         ckpt.atomic_save({"x": Unpicklable()}, target)
     assert target.read_bytes() == before  # the old checkpoint is untouched
     assert [p.name for p in target.parent.iterdir()] == [target.name]
+
+
+def test_atomic_text_files_replace_whole_or_not_at_all(tmp_path):
+    from ccfpse.atomic import atomic_file, atomic_write_text
+    from ccfpse.config import preset
+
+    target = tmp_path / "config.json"
+    preset("landscapes").save(target)
+    before = target.read_text()
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_file(target, "w") as f:
+            f.write("{half")
+            raise KeyboardInterrupt
+    assert target.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["config.json"]
+    atomic_write_text(target, "new\n")
+    assert target.read_text() == "new\n" and oct(target.stat().st_mode & 0o777) == "0o644"

@@ -90,6 +90,8 @@ def test_stop_and_resume_gives_the_same_weights(coco_fixture_root, tmp_path):
     full = train(coco_cfg(coco_fixture_root, *sets, "train.max_steps=8"), tmp_path / "full", progress=False)
     part = train(coco_cfg(coco_fixture_root, *sets, "train.max_steps=3"), tmp_path / "split", progress=False)
     assert part.step == 3 and part.last_checkpoint.name == "step_000000003.pt"
+    with open(tmp_path / "split" / "log.jsonl", "a") as log:  # a line cut off by a crash
+        log.write('{"step": 4, "time": 17')
     rest = train(coco_cfg(coco_fixture_root, *sets, "train.max_steps=8"), tmp_path / "split", progress=False)
     assert rest.step == 8
     _assert_same_state(_states(full.last_checkpoint), _states(rest.last_checkpoint))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import html
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,6 +28,8 @@ from urllib.parse import quote
 
 import numpy as np
 from PIL import Image
+
+from ccfpse.atomic import atomic_file, atomic_write_text
 
 INDEX_NAME = "index.html"
 
@@ -83,16 +84,8 @@ def to_uint8_image(image: Any) -> np.ndarray:
 def save_image(path: str | Path, image: Any) -> Path:
     """Write ``image`` (anything ``to_uint8_image`` takes) as an RGB PNG, atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(to_uint8_image(image)).save(f, format="PNG")
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; these are meant to be viewed
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as f:
+        Image.fromarray(to_uint8_image(image)).save(f, format="PNG")
     return path
 
 
@@ -169,13 +162,5 @@ def write_gallery(
         "",
     ])
     index = out_dir / INDEX_NAME
-    fd, tmp = tempfile.mkstemp(prefix=".index.", suffix=".html", dir=out_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, index)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(index, page)
     return index

@@ -6,15 +6,14 @@ optimizers, the grad scaler, step/epoch/position in the epoch, and the RNG state
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ccfpse.atomic import atomic_file
 from ccfpse.model_io import TRAIN_FORMAT, latest_checkpoint, read_training_checkpoint
 
 __all__ = [
@@ -24,24 +23,10 @@ __all__ = [
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to ``path`` so that a reader never sees a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """torch.save to ``path`` so that a reader never sees a partial file, and fsynced: a
+    checkpoint that was renamed into place also survives a power cut."""
+    with atomic_file(path, "wb", durable=True, public=False) as f:
+        torch.save(obj, f)
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from PIL import Image
 
+from ccfpse.atomic import atomic_write_text
 from ccfpse.config import Config
 from ccfpse.data.semantics import make_semantics
+from ccfpse.gallery import GalleryRow, save_image, write_gallery
 from ccfpse.train.distributed import DistInfo
 
 NUM_GALLERY_SAMPLES = 8
@@ -24,6 +25,20 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8."""
     arr = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return arr.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def log_lines_up_to(path: Path, step: int) -> list[str]:
+    """The lines of a JSONL log whose step is at most ``step``. A line that does not parse (the
+    last one, when a disk filled up or the machine went down while it was written) is dropped."""
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line)
+    return kept
 
 
 def palette_for(cfg: Config):
@@ -60,10 +75,8 @@ class Reporter:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.cfg.save(self.run_dir / "config.json")
         log_path = self.run_dir / "log.jsonl"
-        if log_path.exists():  # drop lines past the checkpoint we resume from (a killed run)
-            kept = [line for line in log_path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= self.start_step]
-            log_path.write_text("".join(line + "\n" for line in kept))
+        if log_path.exists():  # a killed run: drop lines past the checkpoint we resume from
+            atomic_write_text(log_path, "".join(line + "\n" for line in log_lines_up_to(log_path, self.start_step)))
             gallery = self.run_dir / "gallery"
             self.history = sorted(int(p.name.split("_")[1]) for p in gallery.glob("step_*")
                                   if int(p.name.split("_")[1]) <= self.start_step)
@@ -133,8 +146,8 @@ class Reporter:
         for i, it in enumerate(items):
             rgb = colorize(it["label"], palette)
             label_rgb.append(torch.from_numpy(rgb).permute(2, 0, 1).float() / 127.5 - 1)
-            Image.fromarray(rgb).save(gallery / "inputs" / f"{i}_label.png")
-            Image.fromarray(to_uint8(it["image"][None])[0]).save(gallery / "inputs" / f"{i}_real.png")
+            save_image(gallery / "inputs" / f"{i}_label.png", rgb)
+            save_image(gallery / "inputs" / f"{i}_real.png", to_uint8(it["image"][None])[0])
             names.append(Path(it["path"]).name)
         g = torch.Generator().manual_seed(1234)
         return {
@@ -160,7 +173,7 @@ class Reporter:
         out_dir = self.run_dir / "gallery" / f"step_{step:09d}"
         out_dir.mkdir(parents=True, exist_ok=True)
         for i, img in enumerate(to_uint8(fake)):
-            Image.fromarray(img).save(out_dir / f"{i}.png")
+            save_image(out_dir / f"{i}.png", img)
         if step not in self.history:
             self.history.append(step)
         self._write_gallery()
@@ -170,8 +183,6 @@ class Reporter:
         self.tb.add_image("samples/label_fake_real", make_grid(rows, nrow=1, normalize=True, value_range=(-1, 1)), step)
 
     def _write_gallery(self) -> None:
-        from ccfpse.gallery import GalleryRow, write_gallery
-
         gallery = self.run_dir / "gallery"
         n = len(self.fixed["names"])
         rows = [GalleryRow(title="input", images=[f"inputs/{i}_label.png" for i in range(n)]),
