@@ -85,3 +85,30 @@ def test_training_evaluates_every_n_steps_and_keeps_the_best(setup, tmp_path):
     assert len(fids) == 2
     best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
     assert best["metrics"]["fid"] == min(fids)
+
+
+def test_a_resumed_run_replaces_best_only_with_a_better_model(setup, tmp_path, monkeypatch):
+    from ccfpse.train import loop
+
+    scores = iter([5.0, 3.0, 4.0, 6.0])  # the best (3.0) is at step 2, before the run stops
+    monkeypatch.setattr(loop, "evaluate_during_training", lambda *a, **k: {"fid": next(scores)})
+    sets = TINY + [f"data.dataroot={setup / 'data'}", "model.crop_size=64", "train.eval_every=1",
+                   f"train.inception_weights={setup / 'inception.pth'}", "train.save_every=1"]
+    train(apply_overrides(preset("landscapes"), sets + ["train.max_steps=2"]), tmp_path / "run", progress=False)
+    result = train(apply_overrides(preset("landscapes"), sets + ["train.max_steps=4"]), tmp_path / "run",
+                   progress=False)
+    assert result.step == 4
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
+    assert best["step"] == 2 and best["metrics"]["fid"] == 3.0
+
+
+def test_an_unreadable_best_checkpoint_is_one_clear_error(setup, tmp_path):
+    from ccfpse.errors import CheckpointError
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "best.pt").write_bytes(b"not a checkpoint")
+    cfg = apply_overrides(preset("landscapes"), TINY + [
+        f"data.dataroot={setup / 'data'}", "model.crop_size=64", "train.max_steps=1", "train.eval_every=1",
+        f"train.inception_weights={setup / 'inception.pth'}"])
+    with pytest.raises(CheckpointError, match=r"best\.pt: not a readable best checkpoint"):
+        train(cfg, tmp_path / "run", progress=False)

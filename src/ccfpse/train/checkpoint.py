@@ -14,11 +14,12 @@ import numpy as np
 import torch
 
 from ccfpse.atomic import atomic_file
+from ccfpse.errors import CheckpointError
 from ccfpse.model_io import TRAIN_FORMAT, latest_checkpoint, read_training_checkpoint
 
 __all__ = [
     "TRAIN_FORMAT", "atomic_save", "save_checkpoint", "latest_checkpoint", "read_training_checkpoint",
-    "prune_checkpoints", "rng_state", "set_rng_state", "seed_rngs",
+    "prune_checkpoints", "best_checkpoint_fid", "rng_state", "set_rng_state", "seed_rngs",
 ]
 
 
@@ -46,6 +47,22 @@ def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
         old.unlink(missing_ok=True)
     for tmp in Path(run_dir, "checkpoints").glob(".*.pt.*.tmp"):  # left by a save killed half-way
         tmp.unlink(missing_ok=True)
+
+
+def best_checkpoint_fid(run_dir: Path) -> float:
+    """The FID recorded in the run's ``best.pt`` (inf when there is none): a resumed run replaces
+    that file only with a model that scores better."""
+    path = Path(run_dir, "checkpoints", "best.pt")
+    if not path.is_file():
+        return float("inf")
+    try:  # memory-mapped: only the metrics are read, not the networks
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return float(state["metrics"]["fid"])
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same problem to the user
+        raise CheckpointError(
+            f"{path}: not a readable best checkpoint ({type(e).__name__}: {e}); move it away to start "
+            "a new best"
+        ) from None
 
 
 def rng_state() -> dict[str, Any]:

@@ -275,7 +275,7 @@ def _train(cfg: Config, run_dir: str | Path, device: str | None, progress: bool,
             eval_set = build_dataset(cfg, "val", train=False)
         except CCFPSEError:
             eval_set = build_dataset(cfg, "train", train=False)
-    best_fid = float("inf")
+    best_fid = ckpt.best_checkpoint_fid(run_dir) if evaluator is not None else float("inf")
 
     batches_per_epoch = sampler.batches_per_epoch
     total_steps = (t.niter + t.niter_decay) * batches_per_epoch
