@@ -300,3 +300,40 @@ def test_compile_flag_runs_with_torch_inductor(coco_fixture_root, tmp_path):
     (record,) = [json.loads(line) for line in (tmp_path / "c" / "log.jsonl").read_text().splitlines()]
     losses = {k: v for k, v in record.items() if k not in ("step", "time", "step_time") and not k.startswith("lr_")}
     assert losses and all(math.isfinite(v) for v in losses.values()), record
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_clear_error_naming_the_last_good_one(
+        coco_fixture_root, tmp_path, monkeypatch):
+    import errno
+
+    from ccfpse.errors import CheckpointError
+    from ccfpse.train import checkpoint
+
+    real_save, calls = torch.save, {"n": 0}
+
+    def disk_fills_up(obj, f):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, f)
+
+    monkeypatch.setattr(checkpoint.torch, "save", disk_fills_up)
+    with pytest.raises(CheckpointError, match=r"step_000000004\.pt: could not write the checkpoint of step 4 "
+                       r"\(No space left on device\); the last good checkpoint is .*step_000000002\.pt"):
+        train(coco_cfg(coco_fixture_root, "train.save_every=2", "train.max_steps=6"), tmp_path / "full", progress=False)
+    folder = tmp_path / "full" / "checkpoints"
+    assert [p.name for p in folder.iterdir()] == ["step_000000002.pt"]
+    assert read_training_checkpoint(folder / "step_000000002.pt")["step"] == 2
+
+
+def test_an_unreadable_saved_config_is_one_clear_error(coco_fixture_root, tmp_path, capsys):
+    from ccfpse.cli import main
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text('{"model": {"ngf": 4')
+    code = main(_cli_train(run_dir, coco_fixture_root)[3:])
+    err = capsys.readouterr().err
+    assert code == 2 and "config.json: cannot read this run directory's saved config" in err
+    assert "Traceback" not in err

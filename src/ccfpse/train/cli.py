@@ -149,7 +149,11 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.out) if args.out else Path("runs") / (args.name or cfg.preset or "custom")
     saved = run_dir / "config.json"
     if saved.exists() and not args.resume:
-        previous = json.loads(saved.read_text())
+        try:
+            previous = json.loads(saved.read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{saved}: cannot read this run directory's saved config ({e}); "
+                              "repair or remove it, or use another --name/--out") from None
         if previous.get("model") != cfg.to_dict()["model"]:
             diff = [k for k in previous.get("model", {}) if previous["model"][k] != cfg.to_dict()["model"].get(k)]
             raise ConfigError(

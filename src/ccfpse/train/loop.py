@@ -315,7 +315,14 @@ def _train(cfg: Config, run_dir: str | Path, device: str | None, progress: bool,
         state = checkpoint_state()  # collective: every rank takes part
         if not dist_info.is_main:
             return None
-        path = ckpt.save_checkpoint(run_dir, step, state)
+        try:
+            path = ckpt.save_checkpoint(run_dir, step, state)
+        except OSError as e:  # a full disk, a lost mount: nothing was renamed into place
+            raise CheckpointError(
+                f"{ckpt.checkpoint_path(run_dir, step)}: could not write the checkpoint of step {step} "
+                f"({e.strerror or e}); the last good checkpoint is {last_saved or 'none yet'}, and the "
+                "same command resumes from it once there is room"
+            ) from None
         ckpt.prune_checkpoints(run_dir, t.keep_last)
         return path
 
