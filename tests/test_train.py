@@ -92,11 +92,16 @@ def test_stop_and_resume_gives_the_same_weights(coco_fixture_root, tmp_path):
     assert part.step == 3 and part.last_checkpoint.name == "step_000000003.pt"
     with open(tmp_path / "split" / "log.jsonl", "a") as log:  # a line cut off by a crash
         log.write('{"step": 4, "time": 17')
+    killed_writes = [tmp_path / "split" / ".config.json.x1.tmp", tmp_path / "split" / "gallery" / ".index.html.x2.tmp",
+                     next((tmp_path / "split" / "gallery").glob("step_*")) / ".0.png.x3.tmp"]
+    for leftover in killed_writes:
+        leftover.write_bytes(b"half")
     rest = train(coco_cfg(coco_fixture_root, *sets, "train.max_steps=8"), tmp_path / "split", progress=False)
     assert rest.step == 8
     _assert_same_state(_states(full.last_checkpoint), _states(rest.last_checkpoint))
     log = [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "G_gan" in r] == list(range(1, 9))
+    assert not any(p.exists() for p in killed_writes)
 
 
 def _free_port():

@@ -9,7 +9,9 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
-__all__ = ["atomic_file", "atomic_write_text"]
+__all__ = ["atomic_file", "atomic_write_text", "remove_leftovers", "TEMP_PATTERN"]
+
+TEMP_PATTERN = ".*.tmp"  # what atomic_file names its temporary files
 
 
 @contextlib.contextmanager
@@ -44,3 +46,13 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     with atomic_file(path, "w") as f:
         f.write(text)
     return Path(path)
+
+
+def remove_leftovers(folder: str | Path, recursive: bool = False) -> None:
+    """Delete the temporary files that ``atomic_file`` writers killed half-way (kill -9, a power
+    cut) left in ``folder`` (and below it, if ``recursive``). Call it only while no other process
+    writes there."""
+    folder = Path(folder)
+    for tmp in folder.rglob(TEMP_PATTERN) if recursive else folder.glob(TEMP_PATTERN):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)

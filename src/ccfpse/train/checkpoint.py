@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ccfpse.atomic import atomic_file
+from ccfpse.atomic import atomic_file, remove_leftovers
 from ccfpse.errors import CheckpointError
 from ccfpse.model_io import TRAIN_FORMAT, latest_checkpoint, read_training_checkpoint
 
@@ -45,8 +45,7 @@ def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
     ckpts = sorted(Path(run_dir, "checkpoints").glob("step_*.pt"))
     for old in ckpts[: max(0, len(ckpts) - keep_last)]:
         old.unlink(missing_ok=True)
-    for tmp in Path(run_dir, "checkpoints").glob(".*.pt.*.tmp"):  # left by a save killed half-way
-        tmp.unlink(missing_ok=True)
+    remove_leftovers(Path(run_dir, "checkpoints"))  # saves killed half-way
 
 
 def best_checkpoint_fid(run_dir: Path) -> float:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ccfpse.atomic import atomic_write_text
+from ccfpse.atomic import atomic_write_text, remove_leftovers
 from ccfpse.config import Config
 from ccfpse.data.semantics import make_semantics
 from ccfpse.gallery import GalleryRow, save_image, write_gallery
@@ -73,6 +73,8 @@ class Reporter:
         from tqdm import tqdm
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(self.run_dir)  # of a run killed while it wrote a file; only our folders
+        remove_leftovers(self.run_dir / "gallery", recursive=True)
         self.cfg.save(self.run_dir / "config.json")
         log_path = self.run_dir / "log.jsonl"
         if log_path.exists():  # a killed run: drop lines past the checkpoint we resume from
