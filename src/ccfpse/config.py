@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ccfpse.atomic import atomic_write_text
 from ccfpse.errors import CCFPSEError
 
 UPSAMPLING_MODES = ("normal", "more")
@@ -171,8 +172,6 @@ class Config:
         return cfg
 
     def save(self, path: str | Path) -> None:
-        from ccfpse.atomic import atomic_write_text
-
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
