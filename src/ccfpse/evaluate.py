@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from ccfpse.atomic import atomic_write_text
 from ccfpse.errors import CCFPSEError, DataError
 
 
@@ -223,9 +224,8 @@ def _evaluate_command(args) -> int:
     print(table, end="")
     if args.out:
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / "metrics.md").write_text(table)
+        atomic_write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
+        atomic_write_text(out / "metrics.md", table)
         print(f"wrote {out / 'metrics.json'} and {out / 'metrics.md'}")
     return 0
 
