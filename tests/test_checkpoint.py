@@ -45,3 +45,26 @@ def test_atomic_text_files_replace_whole_or_not_at_all(tmp_path):
     assert target.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["config.json"]
     atomic_write_text(target, "new\n")
     assert target.read_text() == "new\n" and oct(target.stat().st_mode & 0o777) == "0o644"
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"garbage\n", "the safe loader stopped at: Unsupported operand"),
+    (b"", "the file is empty or cut short"),
+    ("half", "cut short or damaged: its zip archive has no central directory"),
+])
+def test_an_unreadable_checkpoint_is_one_line_that_names_the_file_and_the_damage(tmp_path, content, reason):
+    from ccfpse.errors import CheckpointError
+    from ccfpse.model_io import read_training_checkpoint
+
+    path = tmp_path / "step_000000004.pt"
+    if content == "half":
+        torch.save({"format": "ccfpse-train-1", "w": torch.zeros(1000)}, path)
+        path.write_bytes(path.read_bytes()[:3000])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        read_training_checkpoint(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: not a readable ccfpse training checkpoint") and reason in message
+    # torch's advice to load with weights_only=False would run any code a hostile file holds
+    assert "\n" not in message and "weights_only" not in message

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ccfpse.config import Config, ModelConfig, preset
-from ccfpse.errors import CheckpointError
+from ccfpse.errors import CheckpointError, unreadable_reason
 from ccfpse.nn import ConvEncoder, CCFPSEGenerator, FPSEDiscriminator
 from ccfpse.nn.generator import BLOCK_NAMES
 
@@ -221,7 +221,7 @@ def read_official(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, zip errors, disallowed globals
-        raise CheckpointError(f"{path}: not a readable PyTorch state dict ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch state dict ({unreadable_reason(e)})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

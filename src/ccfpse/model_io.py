@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ccfpse.config import Config, ConfigError
-from ccfpse.errors import CheckpointError
+from ccfpse.errors import CheckpointError, unreadable_reason
 from ccfpse.nn import ConvEncoder, CCFPSEGenerator, FPSEDiscriminator
 
 FORMAT = "ccfpse-model-1"
@@ -108,7 +108,7 @@ def read_training_checkpoint(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, not a zip, foreign pickle
-        raise CheckpointError(f"{path}: not a readable ccfpse training checkpoint ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: not a readable ccfpse training checkpoint ({unreadable_reason(e)})") from None
     if not isinstance(state, dict) or state.get("format") != TRAIN_FORMAT:
         raise CheckpointError(f"{path}: not a ccfpse training checkpoint (format {TRAIN_FORMAT} expected)")
     return state

@@ -25,7 +25,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from ccfpse.errors import WeightsError
+from ccfpse.errors import WeightsError, unreadable_reason
 
 
 @dataclass(frozen=True)
@@ -147,8 +147,7 @@ def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file becomes one clear message
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"{path} is not a readable weight file for the {what}: {first_line}") from None
+        raise WeightsError(f"{path} is not a readable weight file for the {what}: {unreadable_reason(e)}") from None
     for key in ("state_dict", "model", "net"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ccfpse.atomic import atomic_file, remove_leftovers
-from ccfpse.errors import CheckpointError
+from ccfpse.errors import CheckpointError, unreadable_reason
 from ccfpse.model_io import TRAIN_FORMAT, latest_checkpoint, read_training_checkpoint
 
 __all__ = [
@@ -59,7 +59,7 @@ def best_checkpoint_fid(run_dir: Path) -> float:
         return float(state["metrics"]["fid"])
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same problem to the user
         raise CheckpointError(
-            f"{path}: not a readable best checkpoint ({type(e).__name__}: {e}); move it away to start "
+            f"{path}: not a readable best checkpoint ({unreadable_reason(e)}); move it away to start "
             "a new best"
         ) from None
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ccfpse.errors import WeightsError
+from ccfpse.errors import WeightsError, unreadable_reason
 
 
 def d_hinge_loss(pred_real: list[torch.Tensor], pred_fake: list[torch.Tensor]) -> torch.Tensor:
@@ -52,7 +52,7 @@ def load_vgg19_features(weights_path: str | None = None) -> nn.Sequential:
             state = torch.load(path, map_location="cpu", weights_only=True)
             model.load_state_dict(state)
         except Exception as e:
-            raise WeightsError(f"{path}: not a torchvision VGG19 state dict ({type(e).__name__}: {e})") from None
+            raise WeightsError(f"{path}: not a torchvision VGG19 state dict ({unreadable_reason(e)})") from None
     else:
         try:
             model = vgg19(weights=VGG19_Weights.IMAGENET1K_V1)
