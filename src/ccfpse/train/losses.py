@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ccfpse.errors import WeightsError, unreadable_reason
+from ccfpse.metrics.weights import load_state_dict_strict, read_state_dict
 
 
 def d_hinge_loss(pred_real: list[torch.Tensor], pred_fake: list[torch.Tensor]) -> torch.Tensor:
@@ -36,6 +37,7 @@ def kld_loss(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 # torchvision vgg19 `features` slices ending at relu1_1, relu2_1, relu3_1, relu4_1, relu5_1.
 VGG_SLICES = ((0, 2), (2, 7), (7, 12), (12, 21), (21, 30))
 VGG_LAYER_WEIGHTS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
+VGG_WHAT = "a torchvision VGG19 state dict"
 
 
 def load_vgg19_features(weights_path: str | None = None) -> nn.Sequential:
@@ -47,19 +49,19 @@ def load_vgg19_features(weights_path: str | None = None) -> nn.Sequential:
         path = Path(weights_path)
         if not path.is_file():
             raise WeightsError(f"{path}: VGG19 weights file not found (--vgg-weights)")
-        model = vgg19(weights=None)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
-        except Exception as e:
-            raise WeightsError(f"{path}: not a torchvision VGG19 state dict ({unreadable_reason(e)})") from None
+        # The project's weight-file reader and strict loader, as for every other network; built on
+        # the meta device, since the file's tensors replace every parameter anyway.
+        state = read_state_dict(path, VGG_WHAT)
+        with torch.device("meta"):
+            model = vgg19(weights=None)
+        load_state_dict_strict(model, state, VGG_WHAT, path)
     else:
         try:
             model = vgg19(weights=VGG19_Weights.IMAGENET1K_V1)
         except Exception as e:  # no network, proxy errors, a truncated download
             raise WeightsError(
                 "the VGG19 ImageNet weights for the perceptual loss could not be loaded through "
-                f"torchvision ({type(e).__name__}: {e}); pass --vgg-weights PATH to a torchvision "
+                f"torchvision ({unreadable_reason(e)}); pass --vgg-weights PATH to a torchvision "
                 "vgg19 state dict, or train without it with --no-vgg-loss"
             ) from None
     return model.features[:30].eval().requires_grad_(False)
