@@ -1,5 +1,5 @@
 """The trainer: learning on real data, exact resume (also after kill -9), DDP equivalence,
-bf16, the NaN guard, and the out-of-the-box command."""
+bf16 and fp16, the NaN guard, and the out-of-the-box command."""
 
 import json
 import math
@@ -201,6 +201,24 @@ def test_bf16_step_runs_on_cpu(coco_fixture_root, tmp_path):
                    progress=False)
     record = json.loads((tmp_path / "bf16" / "log.jsonl").read_text().splitlines()[-1])
     assert result.step == 1 and all(torch.isfinite(torch.tensor(v)) for k, v in record.items() if k[0].isupper())
+
+
+def test_fp16_trains_with_grad_scalers_that_resume_exactly(coco_fixture_root, tmp_path):
+    """fp16 on the CPU: the G scaler skips the first steps, whose gradients overflow, halving its
+    scale until they fit (from step 8 on here); a run resumed at step 5 goes on from the saved
+    scales (a fresh scaler would start again at 2**16 and skip G's steps 8-10)."""
+    sets = ["train.precision=fp16", "train.save_every=1", "train.keep_last=20"]
+    full = train(coco_cfg(coco_fixture_root, *sets, "train.max_steps=10"), tmp_path / "full", progress=False)
+    train(coco_cfg(coco_fixture_root, *sets, "train.max_steps=5"), tmp_path / "split", progress=False)
+    rest = train(coco_cfg(coco_fixture_root, *sets, "train.max_steps=10"), tmp_path / "split", progress=False)
+    _assert_same_state(_states(full.last_checkpoint), _states(rest.last_checkpoint))
+    assert read_training_checkpoint(rest.last_checkpoint)["scaler"] == read_training_checkpoint(full.last_checkpoint)["scaler"]
+    at_5 = read_training_checkpoint(full.last_checkpoint.parent / "step_000000005.pt")
+    at_10 = read_training_checkpoint(full.last_checkpoint)
+    assert at_10["scaler"]["G"]["scale"] < at_5["scaler"]["G"]["scale"] < 2.0**16
+    assert any(not torch.equal(v, at_5["nets"]["G"][k]) for k, v in at_10["nets"]["G"].items())  # G did train
+    record = json.loads((tmp_path / "split" / "log.jsonl").read_text().splitlines()[-1])
+    assert record["step"] == 10 and all(math.isfinite(v) for k, v in record.items() if k[0].isupper())
 
 
 def test_a_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(
