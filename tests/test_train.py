@@ -196,6 +196,27 @@ def test_checkpoint_activations_trains_as_without(coco_fixture_root, tmp_path, u
             assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-6), k
 
 
+def test_the_ema_generator_follows_the_trained_one_at_the_given_decay(coco_fixture_root, tmp_path):
+    """After every step: EMA parameters = decay * EMA + (1 - decay) * G, buffers (BatchNorm
+    statistics, spectral-norm vectors) copied from G; the EMA starts as a copy of G."""
+    cfg = coco_cfg(coco_fixture_root, "train.ema_decay=0.75", "train.save_every=1", "train.keep_last=10",
+                   "train.max_steps=3")
+    train(cfg, tmp_path / "run", progress=False)
+    G, _, _ = build_networks(cfg.model, with_discriminator=False)
+    param_names = {name for name, _ in G.named_parameters()}
+    nets = [read_training_checkpoint(tmp_path / "run" / "checkpoints" / f"step_{i:09d}.pt")["nets"] for i in (1, 2, 3)]
+    for before, after in zip(nets, nets[1:]):
+        moved = 0
+        for key, ema in after["G_ema"].items():
+            if key in param_names:
+                want = 0.75 * before["G_ema"][key] + 0.25 * after["G"][key]
+                torch.testing.assert_close(ema, want, rtol=1e-6, atol=1e-9, msg=key)
+                moved += not torch.equal(ema, before["G_ema"][key])
+            else:
+                assert torch.equal(ema, after["G"][key]), key
+        assert moved > len(param_names) // 2  # a real update, not a frozen copy
+
+
 def test_bf16_step_runs_on_cpu(coco_fixture_root, tmp_path):
     result = train(coco_cfg(coco_fixture_root, "train.precision=bf16", "train.max_steps=1"), tmp_path / "bf16",
                    progress=False)
