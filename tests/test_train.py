@@ -242,6 +242,18 @@ def test_fp16_trains_with_grad_scalers_that_resume_exactly(coco_fixture_root, tm
     assert record["step"] == 10 and all(math.isfinite(v) for k, v in record.items() if k[0].isupper())
 
 
+def test_a_run_can_switch_precision_when_it_resumes(coco_fixture_root, tmp_path):
+    """fp32 -> fp16 -> fp32: a run that was not fp16 saved no scaler state, so fp16 starts a
+    fresh scale; going back to fp32 leaves the saved scale unused."""
+    run = tmp_path / "run"
+    for precision, steps in (("fp32", 2), ("fp16", 4), ("fp32", 5)):
+        result = train(coco_cfg(coco_fixture_root, f"train.precision={precision}", f"train.max_steps={steps}"),
+                       run, progress=False)
+        assert result.step == steps
+    scalers = [read_training_checkpoint(run / "checkpoints" / f"step_{i:09d}.pt")["scaler"]["G"] for i in (2, 4, 5)]
+    assert not scalers[0] and scalers[1]["scale"] < 2.0**16 and not scalers[2]
+
+
 def test_a_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(
         coco_fixture_root, tmp_path, monkeypatch):
     calls = {"n": 0}

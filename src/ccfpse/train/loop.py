@@ -247,8 +247,9 @@ def _train(cfg: Config, run_dir: str | Path, device: str | None, progress: bool,
             G_ema.load_state_dict(state["nets"]["G_ema"] or state["nets"]["G"])
         opt_G.load_state_dict(state["optim"]["G"])
         opt_D.load_state_dict(state["optim"]["D"])
-        scaler_G.load_state_dict(state["scaler"]["G"])
-        scaler_D.load_state_dict(state["scaler"]["D"])
+        for scaler, saved in ((scaler_G, state["scaler"]["G"]), (scaler_D, state["scaler"]["D"])):
+            if saved:  # empty when the run so far was not fp16: a switch to fp16 starts a fresh scale
+                scaler.load_state_dict(saved)
         step = state["step"]
         rngs = state["rng"]
         if len(rngs) == dist_info.world_size:
