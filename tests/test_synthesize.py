@@ -249,6 +249,20 @@ def test_label_value_out_of_range(coco_model, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and str(bad) in err and "200" in err
 
 
+def test_a_bad_label_leaves_no_empty_output_folder_and_its_error_starts_a_line(custom_model, tmp_path, capsys):
+    bad = _bad_label(tmp_path, 3)  # label_nc 3, no dontcare
+    out = tmp_path / "new" / "out"
+    # with the progress bar, which must be closed before the error is printed
+    assert main(["synthesize", "--device", "cpu", "-c", str(custom_model), "--labels", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "error" in line][0].startswith("ccfpse synthesize: error: ")
+    assert not out.exists()
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "mine.txt").write_text("a file of the user's")
+    assert run("-c", custom_model, "--labels", bad, "--out", tmp_path / "kept") == 2
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == ["mine.txt"]
+
+
 def test_custom_label_value_out_of_range(custom_model, tmp_path, capsys):
     bad = _bad_label(tmp_path, 3)  # label_nc 3, no dontcare
     assert run("-c", custom_model, "--labels", bad, "--out", tmp_path / "o") == 2

@@ -453,9 +453,7 @@ def register(subparsers) -> None:
 
 
 def _synthesize_command(args) -> int:
-    from tqdm import tqdm
-
-    from ccfpse.gallery import GalleryRow, save_image, write_gallery
+    from ccfpse.gallery import save_image, write_gallery
 
     if args.num_samples < 1:
         raise DataError(f"--num-samples must be >= 1, got {args.num_samples}")
@@ -508,34 +506,14 @@ def _synthesize_command(args) -> int:
         label_dir = Path(args.labels) if Path(args.labels).is_dir() else Path(args.labels).parent
         if out.resolve() == label_dir.resolve():
             raise DataError(f"{out}: the output folder is the label folder; outputs would overwrite the labels")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    from ccfpse.data.labels import colorize
-
-    rows: list[GalleryRow] = []
-    any_real = False
-    written = 0
-    bar = tqdm(total=total, unit="layout", desc="synthesize", disable=args.quiet, file=sys.stderr)
-    for batch in _batches(items, batch_size):
-        label = np.stack([it.label for it in batch])
-        inst = np.stack([it.instance for it in batch]) if model.use_instance else None
-        images = synth.synthesize(label, inst, args.num_samples, style, seed, keys=[it.stem for it in batch])
-        for it, samples in zip(batch, images):
-            names = output_names(it.stem, args.num_samples)
-            for name, img in zip(names, samples):
-                save_image(out / name, img)
-            written += len(names)
-            if args.no_gallery:
-                continue
-            label_png = f"gallery/{it.stem}_label.png"
-            save_image(out / label_png, colorize(it.label, colors))
-            real_png = None
-            if it.real is not None:
-                real_png = f"gallery/{it.stem}_real.png"
-                save_image(out / real_png, it.real)
-                any_real = True
-            rows.append(GalleryRow(it.stem, [label_png, *names] + ([real_png] if real_png else [])))
-        bar.update(len(batch))
-    bar.close()
+    try:
+        rows, any_real, written = _write_samples(synth, items, total, batch_size, colors, style, seed, out, args)
+    except BaseException:
+        if created and not any(out.iterdir()):  # a bad first label: leave no empty folder behind
+            out.rmdir()
+        raise
 
     if not args.no_gallery:
         sample_cols = ["sample"] if args.num_samples == 1 else [f"sample {k}" for k in range(args.num_samples)]
@@ -556,3 +534,41 @@ def _synthesize_command(args) -> int:
     seed_note = f", seed {seed}" if model.use_vae else ""
     print(f"wrote {written} image(s) for {total} layout(s) to {where}{seed_note}")
     return 0
+
+
+def _write_samples(synth: "Synthesizer", items, total: int, batch_size: int, colors, style, seed: int, out: Path,
+                   args) -> tuple[list, bool, int]:
+    """Synthesize and save every layout (and its gallery images): (gallery rows, any real image,
+    images written)."""
+    from tqdm import tqdm
+
+    from ccfpse.data.labels import colorize
+    from ccfpse.gallery import GalleryRow, save_image
+
+    model = synth.cfg.model
+    rows: list[GalleryRow] = []
+    any_real = False
+    written = 0
+    # Closed on errors too, so that an error message starts on a line of its own.
+    with tqdm(total=total, unit="layout", desc="synthesize", disable=args.quiet, file=sys.stderr) as bar:
+        for batch in _batches(items, batch_size):
+            label = np.stack([it.label for it in batch])
+            inst = np.stack([it.instance for it in batch]) if model.use_instance else None
+            images = synth.synthesize(label, inst, args.num_samples, style, seed, keys=[it.stem for it in batch])
+            for it, samples in zip(batch, images):
+                names = output_names(it.stem, args.num_samples)
+                for name, img in zip(names, samples):
+                    save_image(out / name, img)
+                written += len(names)
+                if args.no_gallery:
+                    continue
+                label_png = f"gallery/{it.stem}_label.png"
+                save_image(out / label_png, colorize(it.label, colors))
+                real_png = None
+                if it.real is not None:
+                    real_png = f"gallery/{it.stem}_real.png"
+                    save_image(out / real_png, it.real)
+                    any_real = True
+                rows.append(GalleryRow(it.stem, [label_png, *names] + ([real_png] if real_png else [])))
+            bar.update(len(batch))
+    return rows, any_real, written
