@@ -112,3 +112,25 @@ def test_an_unreadable_best_checkpoint_is_one_clear_error(setup, tmp_path):
         f"train.inception_weights={setup / 'inception.pth'}"])
     with pytest.raises(CheckpointError, match=r"best\.pt: not a readable best checkpoint"):
         train(cfg, tmp_path / "run", progress=False)
+
+
+def test_a_bad_label_met_while_evaluating_is_one_error_on_its_own_line_and_writes_nothing(setup, tmp_path, capsys):
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "data"
+    shutil.copytree(setup / "data", data)
+    bad = sorted((data / "val" / "labels").glob("*.png"))[3]
+    label = np.array(Image.open(bad))
+    label[0, 0] = 250
+    Image.fromarray(label).save(bad)
+    out = tmp_path / "res"
+    code = main(["evaluate", "-c", str(setup / "model"), "--dataroot", str(data), "--inception-weights",
+                 str(setup / "inception.pth"), "--device", "cpu", "--batch-size", "1", "--out", str(out)])
+    err = capsys.readouterr().err
+    error_lines = [line for line in err.splitlines() if "error:" in line]
+    assert code == 2 and len(error_lines) == 1
+    assert error_lines[0].startswith(f"ccfpse evaluate: error: {bad}") and "250" in error_lines[0]
+    assert not out.exists()
