@@ -2,10 +2,13 @@
 weight files the tests create."""
 
 import json
+import shutil
 
+import numpy as np
 import pytest
 import torch
 import torchvision
+from PIL import Image
 
 from ccfpse.cli import main
 from ccfpse.config import apply_overrides, preset
@@ -115,11 +118,6 @@ def test_an_unreadable_best_checkpoint_is_one_clear_error(setup, tmp_path):
 
 
 def test_a_bad_label_met_while_evaluating_is_one_error_on_its_own_line_and_writes_nothing(setup, tmp_path, capsys):
-    import shutil
-
-    import numpy as np
-    from PIL import Image
-
     data = tmp_path / "data"
     shutil.copytree(setup / "data", data)
     bad = sorted((data / "val" / "labels").glob("*.png"))[3]

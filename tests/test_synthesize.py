@@ -256,7 +256,7 @@ def test_a_bad_label_leaves_no_empty_output_folder_and_its_error_starts_a_line(c
     assert main(["synthesize", "--device", "cpu", "-c", str(custom_model), "--labels", str(bad), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert [line for line in err.splitlines() if "error" in line][0].startswith("ccfpse synthesize: error: ")
-    assert not out.exists()
+    assert not (tmp_path / "new").exists()  # nor the parent folder it made for it
     (tmp_path / "kept").mkdir()
     (tmp_path / "kept" / "mine.txt").write_text("a file of the user's")
     assert run("-c", custom_model, "--labels", bad, "--out", tmp_path / "kept") == 2

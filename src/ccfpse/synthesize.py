@@ -23,6 +23,7 @@ import hashlib
 import html
 import itertools
 import secrets
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -453,7 +454,9 @@ def register(subparsers) -> None:
 
 
 def _synthesize_command(args) -> int:
-    from ccfpse.gallery import save_image, write_gallery
+    from tqdm import tqdm
+
+    from ccfpse.gallery import GalleryRow, save_image, write_gallery
 
     if args.num_samples < 1:
         raise DataError(f"--num-samples must be >= 1, got {args.num_samples}")
@@ -506,51 +509,16 @@ def _synthesize_command(args) -> int:
         label_dir = Path(args.labels) if Path(args.labels).is_dir() else Path(args.labels).parent
         if out.resolve() == label_dir.resolve():
             raise DataError(f"{out}: the output folder is the label folder; outputs would overwrite the labels")
-    created = not out.exists()
+    # The outermost folder this command creates: removed again if it fails before writing a file.
+    created = next((p for p in (*reversed(out.parents), out) if not p.exists()), None)
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        rows, any_real, written = _write_samples(synth, items, total, batch_size, colors, style, seed, out, args)
-    except BaseException:
-        if created and not any(out.iterdir()):  # a bad first label: leave no empty folder behind
-            out.rmdir()
-        raise
-
-    if not args.no_gallery:
-        sample_cols = ["sample"] if args.num_samples == 1 else [f"sample {k}" for k in range(args.num_samples)]
-        columns = ["label", *sample_cols] + (["real"] if any_real else [])
-        header = [f"checkpoint <code>{html.escape(str(args.checkpoint))}</code>",
-                  f"image size {model.image_size[1]}x{model.image_size[0]}"]
-        if model.use_vae:
-            header.append(f"seed {seed}")
-        if args.style:
-            from ccfpse.data.datasets import load_rgb
-
-            save_image(out / "gallery" / "style.png", load_rgb(args.style))
-            header.append(f'style exemplar <code>{html.escape(Path(args.style).name)}</code> '
-                          '<img src="gallery/style.png" alt="style exemplar" style="display:inline;width:96px">')
-        write_gallery(out, rows, title=f"ccfpse synthesize: {out.name}", columns=columns,
-                      extra_header_html="<p>" + "; ".join(header) + "</p>")
-    where = f"{out}" + ("" if args.no_gallery else f" (gallery {out / 'index.html'})")
-    seed_note = f", seed {seed}" if model.use_vae else ""
-    print(f"wrote {written} image(s) for {total} layout(s) to {where}{seed_note}")
-    return 0
-
-
-def _write_samples(synth: "Synthesizer", items, total: int, batch_size: int, colors, style, seed: int, out: Path,
-                   args) -> tuple[list, bool, int]:
-    """Synthesize and save every layout (and its gallery images): (gallery rows, any real image,
-    images written)."""
-    from tqdm import tqdm
-
     from ccfpse.data.labels import colorize
-    from ccfpse.gallery import GalleryRow, save_image
 
-    model = synth.cfg.model
     rows: list[GalleryRow] = []
     any_real = False
     written = 0
-    # Closed on errors too, so that an error message starts on a line of its own.
-    with tqdm(total=total, unit="layout", desc="synthesize", disable=args.quiet, file=sys.stderr) as bar:
+    bar = tqdm(total=total, unit="layout", desc="synthesize", disable=args.quiet, file=sys.stderr)
+    try:
         for batch in _batches(items, batch_size):
             label = np.stack([it.label for it in batch])
             inst = np.stack([it.instance for it in batch]) if model.use_instance else None
@@ -571,4 +539,29 @@ def _write_samples(synth: "Synthesizer", items, total: int, batch_size: int, col
                     any_real = True
                 rows.append(GalleryRow(it.stem, [label_png, *names] + ([real_png] if real_png else [])))
             bar.update(len(batch))
-    return rows, any_real, written
+    except BaseException:
+        if created is not None and not any(p.is_file() for p in created.rglob("*")):
+            shutil.rmtree(created)
+        raise
+    finally:
+        bar.close()  # before the error is printed, so that it starts a line of its own
+
+    if not args.no_gallery:
+        sample_cols = ["sample"] if args.num_samples == 1 else [f"sample {k}" for k in range(args.num_samples)]
+        columns = ["label", *sample_cols] + (["real"] if any_real else [])
+        header = [f"checkpoint <code>{html.escape(str(args.checkpoint))}</code>",
+                  f"image size {model.image_size[1]}x{model.image_size[0]}"]
+        if model.use_vae:
+            header.append(f"seed {seed}")
+        if args.style:
+            from ccfpse.data.datasets import load_rgb
+
+            save_image(out / "gallery" / "style.png", load_rgb(args.style))
+            header.append(f'style exemplar <code>{html.escape(Path(args.style).name)}</code> '
+                          '<img src="gallery/style.png" alt="style exemplar" style="display:inline;width:96px">')
+        write_gallery(out, rows, title=f"ccfpse synthesize: {out.name}", columns=columns,
+                      extra_header_html="<p>" + "; ".join(header) + "</p>")
+    where = f"{out}" + ("" if args.no_gallery else f" (gallery {out / 'index.html'})")
+    seed_note = f", seed {seed}" if model.use_vae else ""
+    print(f"wrote {written} image(s) for {total} layout(s) to {where}{seed_note}")
+    return 0
