@@ -12,6 +12,16 @@ FIXTURES = SHARED / "fixtures"
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def recompute_every_checkpointed_block(monkeypatch):
+    """Under checkpointing only blocks with kernel maps of 32 MiB and more are recomputed; the
+    tests' maps are far smaller, so without this their checkpointing would recompute nothing.
+    (``test_only_large_blocks_are_recomputed`` tests the threshold itself.)"""
+    import ccfpse.nn.blocks
+
+    monkeypatch.setattr(ccfpse.nn.blocks, "RECOMPUTE_MIN_BYTES", 0)
+
+
 @pytest.fixture
 def coco_fixture_root() -> Path:
     root = FIXTURES / "coco_stuff"

@@ -137,6 +137,44 @@ def test_checkpointing_gives_identical_gradients_and_statistics(monkeypatch):
         torch.testing.assert_close(states[0][name], states[1][name], msg=name)
 
 
+def test_only_large_blocks_are_recomputed(monkeypatch):
+    """Under checkpointing a block is recomputed (and computed in strips) only from a kernel map
+    of RECOMPUTE_MIN_BYTES on; smaller ones keep their graphs. The gradients are the same."""
+    import ccfpse.nn.blocks as blocks
+
+    cfg = tiny("ade20k", **{"model.use_vae": False})
+    torch.manual_seed(0)
+    G0 = CCFPSEGenerator.from_config(cfg)
+    seg = random_semantics(cfg)
+    sizes: list[int] = []  # each block's kernel map, in bytes
+    hooks = [b.register_forward_pre_hook(lambda b, args: sizes.append(b._kernel_map_bytes(args[0]))) for b in G0.blocks]
+    with torch.no_grad():
+        copy.deepcopy(G0)(seg)  # a copy: a forward pass moves the spectral norms' vectors
+    for hook in hooks:
+        hook.remove()
+    recomputed: list[int] = []
+    apply = blocks._RecomputedBlock.apply
+    monkeypatch.setattr(blocks._RecomputedBlock, "apply",
+                        lambda block, *a: recomputed.append(block.index) or apply(block, *a))
+    middle = sorted(sizes)[len(sizes) // 2]
+    large = [i for i, n in enumerate(sizes) if n >= middle]
+    assert 0 < len(large) < len(sizes)
+    grads = []
+    for threshold, want in ((0, list(range(len(sizes)))), (middle, large), (max(sizes) + 1, [])):
+        G = copy.deepcopy(G0)
+        G.set_checkpointing(True)
+        for i, block in enumerate(G.blocks):
+            block.index = i
+        monkeypatch.setattr(blocks, "RECOMPUTE_MIN_BYTES", threshold)
+        recomputed.clear()
+        G(seg).square().mean().backward()
+        assert recomputed == want, threshold
+        grads.append({n: p.grad.clone() for n, p in G.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)
+        torch.testing.assert_close(grads[2][name], grads[0][name], msg=name)
+
+
 def test_checkpointed_encoder_gives_identical_outputs_gradients_and_state():
     """Recomputed in backward: the same mu, logvar and gradients (of the image, too), and the
     spectral norms' vectors moved by one power iteration only, as without checkpointing."""

@@ -94,6 +94,10 @@ class SPADE(nn.Module):
 STRIP_BYTES = 16 * 2**20
 # ... and at least this many pixels (N * rows * W): thin strips make thin matrix products.
 MIN_STRIP_PIXELS = 4096
+# Under checkpointing, a block whose kernel map is smaller than this keeps its graph: the coarse
+# maps' blocks cost the most recomputation time per byte they would save (their predictors have
+# thousands of filters per pixel), and their graphs are small.
+RECOMPUTE_MIN_BYTES = 32 * 2**20
 
 
 class CondConvBlock(nn.Module):
@@ -107,9 +111,10 @@ class CondConvBlock(nn.Module):
     The block runs in two halves, each row-local given per-channel statistics: the first
     (kernels 1 and gate 1) up to the input of norm_2, the second to the output. Each half can be
     computed strip by strip of rows from the strip and one halo row on each side. With
-    ``checkpoint`` set, large maps are computed in strips (``STRIP_BYTES``): no per-pixel kernel
-    map ever exists at full size, and in training only the block's input and the small map
-    between the halves are kept for backward, which recomputes each strip in turn.
+    ``checkpoint`` set, maps whose kernels would take ``RECOMPUTE_MIN_BYTES`` or more are
+    computed in strips (``STRIP_BYTES``): no such per-pixel kernel map ever exists at full size,
+    and in training only the block's input and the small map between the halves are kept for
+    backward, which recomputes each strip in turn.
     """
 
     def __init__(self, fin: int, fout: int, cond_nc: int, hidden: int = 128) -> None:
@@ -133,13 +138,21 @@ class CondConvBlock(nn.Module):
             self.conv_s = spectral_norm(nn.Conv2d(fin, fout, 1, bias=False))
         self.checkpoint = False
 
+    def recomputes(self, x: torch.Tensor) -> bool:
+        """Whether this input is computed in strips and, in training, recomputed in backward:
+        with ``checkpoint`` set and a kernel map of at least ``RECOMPUTE_MIN_BYTES``."""
+        return self.checkpoint and self._kernel_map_bytes(x) >= RECOMPUTE_MIN_BYTES
+
+    def _kernel_map_bytes(self, x: torch.Tensor) -> int:
+        return x.shape[0] * 9 * self.fin * x.shape[2] * x.shape[3] * x.element_size()
+
     def strips(self, x: torch.Tensor) -> list[tuple[int, int]]:
-        """Row ranges [a, b) the block computes at a time: the whole map, or with ``checkpoint``
+        """Row ranges [a, b) the block computes at a time: the whole map, or if it ``recomputes``
         strips of about ``STRIP_BYTES`` of kernels (a multiple of 4 rows, the Winograd tile)."""
         h = x.shape[2]
-        if not self.checkpoint:
+        if not self.recomputes(x):
             return [(0, h)]
-        row_bytes = x.shape[0] * 9 * self.fin * x.shape[3] * x.element_size()
+        row_bytes = self._kernel_map_bytes(x) // h
         rows = max(1, STRIP_BYTES // max(1, row_bytes), -(-MIN_STRIP_PIXELS // (x.shape[0] * x.shape[3])))
         if rows >= 4:
             rows -= rows % 4
@@ -150,7 +163,7 @@ class CondConvBlock(nn.Module):
         # Read once per forward: each read of a spectral-norm weight runs a power iteration.
         shortcut_weight = self.conv_s.weight if self.learned_shortcut else None
         strips = self.strips(x)
-        if self.checkpoint and torch.is_grad_enabled():
+        if torch.is_grad_enabled() and self.recomputes(x):
             return _RecomputedBlock.apply(self, labels, strips, x, feats, shortcut_weight, *self._plain_parameters())
         h = x.shape[2]
         shared = self._shared(x, update_stats=True)

@@ -109,8 +109,8 @@ class CCFPSEGenerator(nn.Module):
         )
 
     def set_checkpointing(self, enabled: bool) -> None:
-        """Recompute the per-pixel kernels and the label pyramid in backward (saves most
-        activation memory)."""
+        """Recompute the label pyramid and the large blocks' per-pixel kernels in backward
+        (saves most activation memory; see ``blocks.RECOMPUTE_MIN_BYTES``)."""
         for block in self.blocks:
             block.checkpoint = enabled
         self.pyramid.checkpoint = enabled

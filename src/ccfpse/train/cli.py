@@ -39,8 +39,8 @@ SWITCH_FLAGS = (
     ("--no-vgg-loss", "train.no_vgg_loss", True, "train without the VGG19 perceptual loss"),
     ("--no-ema", "train.use_ema", False, "do not keep an EMA copy of the generator"),
     ("--checkpoint-activations", "train.checkpoint_activations", True,
-     "trade compute for memory (large crops): generator blocks in strips of rows, recomputed "
-     "in backward, as are the label pyramid and the encoder"),
+     "trade compute for memory (large crops): generator blocks with kernel maps of 32 MiB or "
+     "more in strips of rows, recomputed in backward, as are the label pyramid and the encoder"),
     ("--compile", "train.compile", True,
      "torch.compile the discriminator and the encoder (static shapes; minutes of compilation on "
      "a CPU); the generator stays eager"),
