@@ -224,6 +224,7 @@ def test_only_unmodified_read_only_gpu_library_pages_are_released():
     assert not _releasable({**clean, "perms": "rw-p"})
     assert not _releasable({**clean, "perms": "r-xs"})
     assert not _releasable({**clean, "path": "/venv/torch/lib/libtorch_cpu.so"})  # the CPU's own code
+    assert not _releasable({**clean, "path": "/usr/lib/x86_64-linux-gnu/libcurl.so.4"})
     assert not _releasable({**clean, "path": ""})
     assert not _releasable({k: v for k, v in clean.items() if k != "Private_Dirty"})  # unknown: kept
     assert not _releasable({**clean, "Rss": 0})

@@ -61,7 +61,7 @@ def release_freed_memory() -> None:
 
 # The shared libraries of the GPU stack that the CUDA build of torch loads at import (CUDA,
 # cuBLAS(Lt), cuDNN, NCCL, NVRTC, nvJitLink, ... and torch's own CUDA parts).
-_GPU_LIBRARY = re.compile(r"/(libcu|libnv|libnccl|libtorch_cuda|libc10_cuda|libcaffe2_nvrtc)[^/]*\.so[^/]*$")
+_GPU_LIBRARY = re.compile(r"/(libcu(?!rl)|libnv|libnccl|libtorch_cuda|libc10_cuda|libcaffe2_nvrtc)[^/]*\.so[^/]*$")
 _MADV_DONTNEED = 4
 
 
