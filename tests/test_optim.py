@@ -176,7 +176,6 @@ def test_kept_memory_is_returned_when_training_ends():
 
 
 _GPU_PAGES_SCRIPT = r"""
-import re
 import torch
 from ccfpse.train.memory import _GPU_LIBRARY, release_gpu_library_pages
 
