@@ -398,3 +398,77 @@ def test_transformed_weights_take_the_winograd_path_whatever_the_size(monkeypatc
     y = conv3x3(x, winograd_weight(wt), b)
     assert type(y.grad_fn).__name__ == WINOGRAD_FN
     torch.testing.assert_close(y, F.conv2d(x, wt, b, padding=1), rtol=1e-5, atol=1e-5)
+
+
+# --- small maps, many filters: matrix products over the unfolded input ---------------------------
+
+UNFOLDED_FN = "_UnfoldedConv3x3Backward"
+
+
+@pytest.fixture
+def unfolded(monkeypatch):
+    """The unfolded path for the tests' few filters (and never the Winograd path)."""
+    monkeypatch.setattr(winograd, "MIN_PIXELS", 10**9)
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
+    monkeypatch.setattr(winograd, "GEMM_MIN_FILTERS", 1)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("pad_top, rows", GEOMETRIES)
+def test_unfolded_path_matches_conv2d(unfolded, n, bias, pad_top, rows):
+    h = 6
+    out_rows = None if rows is None else h + rows
+    expected_rows = h + 2 * pad_top - 2 if rows is None else out_rows
+    x, wt, b, gy = _inputs(n, 3, 4, h, 5, out_rows=expected_rows, bias=bias, seed=12)
+    y = conv3x3(x, wt, b, pad_top=pad_top, out_rows=out_rows)
+    assert y.shape == (n, 4, expected_rows, 5) and type(y.grad_fn).__name__ == UNFOLDED_FN
+    _assert_close_rel(_grads(y, (x, wt, b), gy), _reference(x, wt, b, gy, pad_top, out_rows), rel=2e-6)
+
+
+@pytest.mark.parametrize("needed", ["x", "weight", "bias", "weight bias"])
+def test_unfolded_path_single_input_gradients(unfolded, needed):
+    x, wt, b, gy = _inputs(2, 3, 4, 5, 7, seed=13)
+    for name, t in zip(("x", "weight", "bias"), (x, wt, b)):
+        t.requires_grad_(name in needed.split())
+    got = _grads(conv3x3(x, wt, b), (x, wt, b), gy)
+    assert len(got) == len(needed.split()) + 1
+    _assert_close_rel(got, _reference(x, wt, b, gy), rel=2e-6)
+
+
+def test_unfolded_path_on_a_window_of_a_bigger_tensor(unfolded):
+    big = torch.randn(2, 3, 20, 6, generator=torch.Generator().manual_seed(14))
+    x = big[:, :, 4:10].requires_grad_(False)
+    _, wt, b, gy = _inputs(2, 3, 4, 6, 6, out_rows=5, seed=15)
+    got = _grads(conv3x3(x, wt, b, pad_top=0, out_rows=5), (wt, b), gy)
+    _assert_close_rel(got, _reference(x, wt, b, gy, 0, 5), rel=2e-6)
+
+
+def test_unfolded_path_no_double_backward(unfolded):
+    x, wt, b, gy = _inputs(1, 2, 3, 5, 5)
+    with pytest.raises(RuntimeError, match="double backward is not supported"):
+        torch.autograd.grad(conv3x3(x, wt, b), x, gy, create_graph=True)
+
+
+def test_unfolded_path_dispatch(monkeypatch):
+    """Maps below MIN_PIXELS with at least MIN_CHANNELS channels and GEMM_MIN_FILTERS filters, in
+    float32 on the CPU outside autocast; otherwise F.conv2d (or Winograd on large maps)."""
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 3)
+    monkeypatch.setattr(winograd, "GEMM_MIN_FILTERS", 4)
+    monkeypatch.setattr(winograd, "MIN_FILTERS", 4)
+    x, wt, _, _ = _inputs(2, 3, 4, 6, 5, bias=False)  # 60 output pixels
+
+    def path(x, wt, **kw) -> str:
+        return type(conv3x3(x, wt, **kw).grad_fn).__name__
+
+    monkeypatch.setattr(winograd, "MIN_PIXELS", 61)
+    assert path(x, wt) == UNFOLDED_FN
+    assert path(x, wt, pad_top=0, out_rows=4) == UNFOLDED_FN
+    assert path(x, wt[:3]) == "ConvolutionBackward0"  # one filter short
+    assert path(x[:, :2], wt[:, :2]) == "ConvolutionBackward0"  # one channel short
+    assert path(x.double(), wt.double()) == "ConvolutionBackward0"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert path(x, wt) == "ConvolutionBackward0"
+    monkeypatch.setattr(winograd, "MIN_PIXELS", 60)  # large enough for Winograd
+    expected = WINOGRAD_FN if native.lib() is not None else "ConvolutionBackward0"
+    assert path(x, wt) == expected
