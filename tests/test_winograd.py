@@ -14,6 +14,7 @@ from ccfpse.winograd import conv3x3, uses_winograd, winograd_weight
 REL = 3e-5
 F64 = dict(rtol=1e-12, atol=1e-12)
 WINOGRAD_FN = "_WinogradConv3x3Backward"
+UNFOLDED_FN = "_UnfoldedConv3x3Backward"
 
 
 # The size thresholds of the dispatch (those that winograd.py defines).
@@ -181,14 +182,19 @@ def test_pretransformed_weights_give_the_same(wino):
     torch.testing.assert_close(winograd._weight_grad(gu, 4, 3), gw, rtol=0, atol=1e-5 * gw.abs().max().item())
 
 
-@pytest.mark.parametrize("needed", ["x", "weight", "bias", "x bias"])
-def test_single_input_gradients(wino, needed):
-    x, wt, b, gy = _inputs(1, 3, 4, 6, 5, seed=6)
+@pytest.mark.parametrize("path, fn, rel", [("wino", WINOGRAD_FN, REL), ("unfolded", UNFOLDED_FN, 2e-6)])
+@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("needed", ["x", "weight", "bias", "x bias", "weight bias"])
+def test_single_input_gradients(request, path, fn, rel, n, needed):
+    request.getfixturevalue(path)
+    x, wt, b, gy = _inputs(n, 3, 4, 6, 5, seed=6)
     for name, t in zip(("x", "weight", "bias"), (x, wt, b)):
         t.requires_grad_(name in needed.split())
-    got = _grads(conv3x3(x, wt, b), (x, wt, b), gy)
+    y = conv3x3(x, wt, b)
+    assert type(y.grad_fn).__name__ == fn
+    got = _grads(y, (x, wt, b), gy)
     assert len(got) == len(needed.split()) + 1
-    _assert_close_rel(got, _reference(x, wt, b, gy))
+    _assert_close_rel(got, _reference(x, wt, b, gy), rel)
 
 
 @pytest.mark.parametrize("layout", ["rows", "transposed"])
@@ -402,8 +408,6 @@ def test_transformed_weights_take_the_winograd_path_whatever_the_size(monkeypatc
 
 # --- small maps, many filters: matrix products over the unfolded input ---------------------------
 
-UNFOLDED_FN = "_UnfoldedConv3x3Backward"
-
 
 @pytest.fixture
 def unfolded(monkeypatch):
@@ -424,16 +428,6 @@ def test_unfolded_path_matches_conv2d(unfolded, n, bias, pad_top, rows):
     y = conv3x3(x, wt, b, pad_top=pad_top, out_rows=out_rows)
     assert y.shape == (n, 4, expected_rows, 5) and type(y.grad_fn).__name__ == UNFOLDED_FN
     _assert_close_rel(_grads(y, (x, wt, b), gy), _reference(x, wt, b, gy, pad_top, out_rows), rel=2e-6)
-
-
-@pytest.mark.parametrize("needed", ["x", "weight", "bias", "weight bias"])
-def test_unfolded_path_single_input_gradients(unfolded, needed):
-    x, wt, b, gy = _inputs(2, 3, 4, 5, 7, seed=13)
-    for name, t in zip(("x", "weight", "bias"), (x, wt, b)):
-        t.requires_grad_(name in needed.split())
-    got = _grads(conv3x3(x, wt, b), (x, wt, b), gy)
-    assert len(got) == len(needed.split()) + 1
-    _assert_close_rel(got, _reference(x, wt, b, gy), rel=2e-6)
 
 
 def test_unfolded_path_on_a_window_of_a_bigger_tensor(unfolded):

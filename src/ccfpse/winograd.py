@@ -186,6 +186,14 @@ def _backward(lib, x: Tensor, weight: Tensor, gy: Tensor, pad_top: int, need_x: 
     return gx, gu
 
 
+def _first_order(ctx, path: str) -> tuple:
+    """x and the weight saved by a conv3x3 Function, and whether x, the weight and the bias need
+    gradients; its backward is not differentiable itself."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"conv3x3 ({path} path): double backward is not supported")
+    return (*ctx.saved_tensors, *ctx.needs_input_grad[:3])
+
+
 class _WinogradConv3x3(torch.autograd.Function):
     """``weight`` is either (K, C, 3, 3) (transformed here, and again in backward, so nothing
     larger than the filters is saved) or already transformed (36, K, C)."""
@@ -198,10 +206,7 @@ class _WinogradConv3x3(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy: Tensor):
-        if torch.is_grad_enabled():
-            raise RuntimeError("conv3x3 (Winograd path): double backward is not supported")
-        x, weight = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        x, weight, need_x, need_w, need_b = _first_order(ctx, "Winograd")
         gx, gw = _backward(ctx.lib, x, weight.contiguous(), gy.contiguous(), ctx.pad_top, need_x, need_w)
         gb = gy.sum((0, 2, 3)) if need_b else None
         return gx, gw, gb, None, None, None
@@ -226,10 +231,7 @@ class _UnfoldedConv3x3(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy: Tensor):
-        if torch.is_grad_enabled():
-            raise RuntimeError("conv3x3 (unfolded path): double backward is not supported")
-        x, weight = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        x, weight, need_x, need_w, need_b = _first_order(ctx, "unfolded")
         n, c, h, w = x.shape
         k = weight.shape[0]
         g = gy.reshape(n, k, -1)
