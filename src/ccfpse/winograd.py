@@ -238,11 +238,8 @@ class _UnfoldedConv3x3(torch.autograd.Function):
         gx = gw = gb = None
         if need_w:
             cols = F.unfold(x, 3, padding=(ctx.pad_rows, 1))
-            if n == 1:
-                gw = torch.mm(g[0], cols[0].t())
-            else:  # one product over all images: (K, N*L) times (N*L, 9C)
-                gw = torch.mm(g.transpose(0, 1).reshape(k, -1), cols.transpose(1, 2).reshape(-1, 9 * c))
-            gw = gw.view_as(weight)
+            # One product over all images, (K, N*L) times (N*L, 9C); for one image both are views.
+            gw = torch.mm(g.transpose(0, 1).reshape(k, -1), cols.transpose(1, 2).reshape(-1, 9 * c)).view_as(weight)
         if need_x:
             gcols = torch.bmm(weight.reshape(1, k, -1).expand(n, -1, -1).transpose(1, 2), g)
             gx = F.fold(gcols, (h, w), 3, padding=(ctx.pad_rows, 1))
@@ -251,29 +248,30 @@ class _UnfoldedConv3x3(torch.autograd.Function):
         return gx, gw, gb, None
 
 
-def _unfolded_pays(pixels: int, in_channels: int, out_channels: int, like: Tensor) -> bool:
-    """Whether a convolution the Winograd path does not take runs as matrix products
-    (``_UnfoldedConv3x3``) instead of ``F.conv2d``."""
-    return (like.device.type == "cpu" and like.dtype == torch.float32 and pixels < MIN_PIXELS
-            and in_channels >= MIN_CHANNELS and out_channels >= GEMM_MIN_FILTERS
-            and autocast_state("cpu") is None)
+def _float32_on_cpu(*tensors: Tensor) -> bool:
+    """What both CPU paths need: float32 tensors on the CPU, outside an autocast region."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and autocast_state("cpu") is None
+
+
+def _unfolded_pays(x: Tensor, weight: Tensor, out_rows: int) -> bool:
+    """Whether a (K, C, 3, 3) convolution the Winograd path does not take runs as matrix
+    products (``_UnfoldedConv3x3``) instead of ``F.conv2d``."""
+    return (x.shape[0] * out_rows * x.shape[3] < MIN_PIXELS and weight.shape[1] >= MIN_CHANNELS
+            and weight.shape[0] >= GEMM_MIN_FILTERS and _float32_on_cpu(x, weight))
 
 
 def winograd_pays(pixels: int, in_channels: int, out_channels: int, like: Tensor) -> bool:
     """Whether a 3x3 convolution of ``in_channels`` -> ``out_channels`` over ``pixels`` output
     pixels (N * rows * W) of tensors like ``like`` runs on the Winograd path, and gains there."""
-    return (like.device.type == "cpu" and like.dtype == torch.float32 and pixels >= MIN_PIXELS
-            and in_channels >= MIN_CHANNELS and out_channels >= MIN_FILTERS
-            and autocast_state("cpu") is None and native.lib() is not None)
+    return (pixels >= MIN_PIXELS and in_channels >= MIN_CHANNELS and out_channels >= MIN_FILTERS
+            and _float32_on_cpu(like) and native.lib() is not None)
 
 
 def _winograd_lib(x: Tensor, weight: Tensor, out_rows: int):
     """The compiled library when the Winograd path applies (and, unless the weight comes
     transformed, pays off) here, else None."""
     if weight.dim() == 3:  # the caller transformed it for this path
-        ok = (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-              and autocast_state("cpu") is None)
-        return native.lib() if ok else None
+        return native.lib() if _float32_on_cpu(x, weight) else None
     if weight.dtype != torch.float32:
         return None
     ok = winograd_pays(x.shape[0] * out_rows * x.shape[3], weight.shape[1], weight.shape[0], x)
@@ -329,7 +327,7 @@ def conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None = None, pad_top: int 
         if pad_top != pad_bottom:
             x = F.pad(x, (0, 0, pad_top, pad_bottom))
             pad_top = 0
-        if _unfolded_pays(x.shape[0] * out_rows * x.shape[3], weight.shape[1], weight.shape[0], x):
+        if _unfolded_pays(x, weight, out_rows):
             return _UnfoldedConv3x3.apply(x, weight, bias, pad_top)
         return F.conv2d(x, weight, bias, padding=(pad_top, 1))
     if x.stride(3) != 1 or (x.stride(2) != x.shape[3] and h > 1):
