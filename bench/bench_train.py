@@ -56,7 +56,7 @@ from ccfpse.data.semantics import make_label_map  # noqa: E402
 from ccfpse.nn import build_networks, reparameterize  # noqa: E402
 from ccfpse.train.losses import d_hinge_loss, feature_matching_loss, g_hinge_loss, kld_loss  # noqa: E402
 from ccfpse.train.loop import GeneratorWithEncoder  # noqa: E402
-from ccfpse.train.memory import keep_freed_memory, release_gpu_library_pages  # noqa: E402
+from ccfpse.train.memory import keep_freed_memory, release_library_pages  # noqa: E402
 from ccfpse.train.optim import Adam  # noqa: E402
 
 LAMBDA_FEAT, LAMBDA_KLD = 10.0, 0.05
@@ -71,8 +71,8 @@ VARIANTS = {  # name in the table -> extra command-line flags
     "official": ["--impl", "official"],
     "ours": ["--impl", "ours"],
     "ours + checkpointing": ["--impl", "ours", "--checkpointing"],
-    # without releasing the GPU libraries' pages (what that release is worth)
-    "ours + checkpointing, GPU pages kept": ["--impl", "ours", "--checkpointing", "--keep-gpu-library-pages"],
+    # without releasing the libraries' pages (what that release is worth)
+    "ours + checkpointing, library pages kept": ["--impl", "ours", "--checkpointing", "--keep-library-pages"],
 }
 DEFAULT_VARIANTS = ["official", "ours", "ours + checkpointing"]
 
@@ -269,8 +269,8 @@ def set_up(args) -> tuple[Trainer, Batch]:
         keep_freed_memory()
     trainer = Trainer(G, D, E, args.impl == "official", args.d_grads_in_g_step)
     batch = make_batch(args.batch, args.size, cfg.semantic_nc)
-    if args.impl == "ours" and not args.keep_gpu_library_pages:  # as ccfpse train does before its loop
-        release_gpu_library_pages()
+    if args.impl == "ours" and not args.keep_library_pages:  # as ccfpse train does before its loop
+        release_library_pages()
     return trainer, batch
 
 
@@ -548,8 +548,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--steps", type=int, default=None, help="timed steps after one warm-up (default 3)")
     p.add_argument("--checkpointing", action="store_true", help="ours: as ccfpse train --checkpoint-activations")
-    p.add_argument("--keep-gpu-library-pages", action="store_true",
-                   help="ours: do not release the GPU libraries' pages (ccfpse train does on the CPU)")
+    p.add_argument("--keep-library-pages", action="store_true",
+                   help="ours: do not release the libraries' read-only pages (ccfpse train does on the CPU)")
     p.add_argument("--d-grads-in-g-step", action="store_true",
                    help="keep D trainable during the G step (the release's trainer; grads discarded)")
     p.add_argument("--threads", type=int, default=2)

@@ -175,17 +175,16 @@ def test_kept_memory_is_returned_when_training_ends():
     assert kept - released > 250  # ... until released
 
 
-_GPU_PAGES_SCRIPT = r"""
+_LIBRARY_PAGES_SCRIPT = r"""
 import torch
-from ccfpse.train.memory import _GPU_LIBRARY, release_gpu_library_pages
+from ccfpse.train.memory import release_library_pages
 
 def rss_mib():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
 
-loaded = any(_GPU_LIBRARY.search(line) for line in open("/proc/self/maps"))
 before = rss_mib()
-released = release_gpu_library_pages() / 2**20
+released = release_library_pages() / 2**20
 after = rss_mib()
 # torch still works, the CUDA parts included: whatever it touches again reads back from the files
 x = torch.randn(2, 3, 16, 16, requires_grad=True)
@@ -193,37 +192,34 @@ y = torch.nn.functional.conv2d(x, torch.randn(4, 3, 3, 3), padding=1)
 (y.square().mean() + (x.flatten(1) @ x.flatten(1).T).sum()).backward()
 assert torch.isfinite(x.grad).all()
 torch.cuda.is_available()
-print(int(loaded), before, released, after)
+print(before, released, after)
 """
 
 
-def test_the_gpu_libraries_pages_are_handed_back_on_the_cpu():
+def test_the_libraries_read_only_pages_are_handed_back():
     import subprocess
     import sys
 
     if not sys.platform.startswith("linux"):
         pytest.skip("reads /proc/self/smaps: Linux only")
-    out = subprocess.run([sys.executable, "-c", _GPU_PAGES_SCRIPT], capture_output=True, text=True, check=True)
-    loaded, before, released, after = map(float, out.stdout.split())
-    if not loaded:
-        pytest.skip("this torch build loads no GPU libraries")
-    assert released > 10  # MiB; ~270 with the CUDA 13 wheel
+    out = subprocess.run([sys.executable, "-c", _LIBRARY_PAGES_SCRIPT], capture_output=True, text=True, check=True)
+    before, released, after = map(float, out.stdout.split())
+    assert released > 10  # MiB: libtorch_cpu's code alone has more resident after import torch
     assert before - after > 0.9 * released
 
 
-def test_only_unmodified_read_only_gpu_library_pages_are_released():
+def test_only_unmodified_read_only_file_pages_are_released():
     from ccfpse.train.memory import _releasable
 
     clean = {"perms": "r-xp", "path": "/venv/nvidia/cu13/lib/libcublasLt.so.13", "Rss": 4096,
              "Private_Dirty": 0, "Shared_Dirty": 0, "Anonymous": 0, "Swap": 0}
     assert _releasable(clean)
-    assert _releasable({**clean, "path": "/venv/torch/lib/libtorch_cuda.so", "perms": "r--p"})
+    assert _releasable({**clean, "path": "/venv/torch/lib/libtorch_cpu.so", "perms": "r--p"})
     assert not _releasable({**clean, "Private_Dirty": 4096})  # relocated: reading back would undo it
     assert not _releasable({**clean, "Anonymous": 4096})
     assert not _releasable({**clean, "perms": "rw-p"})
     assert not _releasable({**clean, "perms": "r-xs"})
-    assert not _releasable({**clean, "path": "/venv/torch/lib/libtorch_cpu.so"})  # the CPU's own code
-    assert not _releasable({**clean, "path": "/usr/lib/x86_64-linux-gnu/libcurl.so.4"})
-    assert not _releasable({**clean, "path": ""})
+    for path in ("", "[vdso]", "[heap]", "/dev/zero", "/memfd:buffer (deleted)", "/tmp/lib.so (deleted)"):
+        assert not _releasable({**clean, "path": path})
     assert not _releasable({k: v for k, v in clean.items() if k != "Private_Dirty"})  # unknown: kept
     assert not _releasable({**clean, "Rss": 0})

@@ -395,10 +395,10 @@ def test_an_unreadable_saved_config_is_one_clear_error(coco_fixture_root, tmp_pa
     assert "Traceback" not in err
 
 
-def test_a_cpu_run_hands_back_the_gpu_libraries_pages_before_its_first_step(coco_fixture_root, tmp_path, monkeypatch):
+def test_a_cpu_run_hands_back_the_libraries_pages_before_its_first_step(coco_fixture_root, tmp_path, monkeypatch):
     log = tmp_path / "run" / "log.jsonl"
     steps_logged_at_call = []
-    monkeypatch.setattr(loop, "release_gpu_library_pages", lambda: steps_logged_at_call.append(
+    monkeypatch.setattr(loop, "release_library_pages", lambda: steps_logged_at_call.append(
         log.read_text().count('"G_gan"') if log.exists() else 0) or 0)
     cfg = coco_cfg(coco_fixture_root, "train.max_steps=2", "train.log_every=1")
     assert train(cfg, tmp_path / "run", device="cpu", progress=False).step == 2

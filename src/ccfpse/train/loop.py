@@ -34,7 +34,7 @@ from ccfpse.train.distributed import (
 from ccfpse.train.losses import (
     VGGLoss, d_hinge_loss, feature_matching_loss, g_hinge_loss, kld_loss, load_vgg19_features,
 )
-from ccfpse.train.memory import keep_freed_memory, release_freed_memory, release_gpu_library_pages
+from ccfpse.train.memory import keep_freed_memory, release_freed_memory, release_library_pages
 from ccfpse.train.optim import Adam
 from ccfpse.train.sampler import ResumableSampler, SeededSamples
 
@@ -328,7 +328,7 @@ def _train(cfg: Config, run_dir: str | Path, device: str | None, progress: bool,
         return path
 
     if device_.type == "cpu":  # last thing before the loop: set-up may have touched them again
-        release_gpu_library_pages()
+        release_library_pages()
 
     # ---- the loop
     last_saved: Path | None = resume_path
