@@ -39,6 +39,62 @@ def test_lookup_equals_the_dense_conv_with_gradients(k, edges, feat_ch, bias):
         torch.testing.assert_close(g_got, g_want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("rows", [None, (0, 4), (3, 8), (7, 11)])
+@pytest.mark.parametrize("compiled", [True, False])
+def test_float32_lookup_of_rows_against_float64_dense_conv(k, rows, compiled, monkeypatch):
+    """float32 takes the compiled look-ups (ccfpse/csrc/lookup.c) where the library builds, and the
+    PyTorch path without it; both against the dense convolution in float64, for windows of rows
+    and a weight that is a slice of a larger one (the predictors read theirs so)."""
+    from ccfpse import native
+
+    if compiled and native.lib() is None:
+        pytest.skip("the compiled kernels are unavailable here")
+    if not compiled:
+        monkeypatch.setattr(lc.native, "lib", lambda: None)
+    classes, out_ch, feat_ch = 12, 19, 3
+    sem = _semantics(2, classes, 11, 9, edges=1, seed=1)
+    big = torch.randn(2 * out_ch, classes + 1 + feat_ch, k, k, dtype=torch.double)
+    weight = big[out_ch:].float().requires_grad_()  # rows out_ch.. of a larger weight
+    feats = torch.randn(2, feat_ch, 11, 9, dtype=torch.double)
+    labels = LabelMap(sem.float(), classes)
+    assert labels.index is not None
+    got = label_conv(weight, None, labels, feats.float(), rows)
+    want = F.conv2d(torch.cat([sem, feats], 1), big[out_ch:], padding=k // 2)
+    if rows is not None:
+        want = want[:, :, rows[0] : rows[1]]
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    grad = torch.randn(want.shape, dtype=torch.double)
+    (g_got,) = torch.autograd.grad(got, weight, grad.float())
+    w64 = big[out_ch:].clone().requires_grad_()
+    g_want = torch.autograd.grad(F.conv2d(torch.cat([sem, feats], 1), w64, padding=k // 2)[
+        :, :, slice(*rows) if rows else slice(None)], w64, grad)[0]
+    torch.testing.assert_close(g_got.double(), g_want, rtol=1e-5, atol=1e-4)
+
+
+def test_compiled_lookup_gives_the_pytorch_paths_values(monkeypatch):
+    from ccfpse import native
+
+    if native.lib() is None:
+        pytest.skip("the compiled kernels are unavailable here")
+    classes = 150
+    sem = _semantics(2, classes, 40, 33, seed=2).float()
+    weight = torch.randn(128, classes + 32, 3, 3, requires_grad=True)
+    labels = LabelMap(sem, classes)
+    grad = torch.randn(2, 128, 13, 33)
+
+    def run():
+        out = label_conv(weight[:, :classes], None, labels, None, (20, 33))
+        return out, torch.autograd.grad(out, weight, grad)[0]
+
+    out_c, g_c = run()
+    monkeypatch.setattr(lc.native, "lib", lambda: None)
+    out_t, g_t = run()
+    torch.testing.assert_close(out_c, out_t, rtol=0, atol=2e-6)
+    torch.testing.assert_close(g_c, g_t, rtol=1e-5, atol=1e-5)
+    assert g_c[:, classes:].abs().max() == 0
+
+
 def test_many_classes_renumber_neighbourhood_codes_without_overflow():
     classes = 183  # 184**9 > 2**62: the codes are renumbered on the way
     sem = _semantics(1, classes, 13, 12)

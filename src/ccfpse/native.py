@@ -1,5 +1,6 @@
 """The package's small C library: the conditional depthwise convolution, the Winograd tile
-transforms, a one-pass Adam step and BatchNorm's per-channel moments (sources in ``ccfpse/csrc``).
+transforms, a one-pass Adam step, BatchNorm's per-channel moments and the one-hot label
+convolutions' look-ups (sources in ``ccfpse/csrc``).
 
 Plain C without torch headers, so it builds in about a second with the system compiler (a torch
 C++ extension takes ~40 s), on first use, into torch's extensions directory; loaded with ctypes,
@@ -34,7 +35,7 @@ _lib: ctypes.CDLL | None | bool = None  # False once building or loading has fai
 def _source() -> str:
     depthwise = (_SOURCES / "cond_depthwise.c").read_text()
     parts = [depthwise.replace("scalar_t", t).replace("SUFFIX", s) for t, s in DEPTHWISE_TYPES.values()]
-    parts += [(_SOURCES / name).read_text() for name in ("winograd.c", "adam.c", "moments.c")]
+    parts += [(_SOURCES / name).read_text() for name in ("winograd.c", "adam.c", "moments.c", "lookup.c")]
     return "\n".join(parts)
 
 
@@ -59,6 +60,10 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     f32 = ctypes.c_float
     lib.adam_step_f32.argtypes = [p, p, p, p, i64, f32, f32, f32, f32, f32, i32]
     lib.channel_moments_f32.argtypes = [p, p, p, i64, i64, i64, i32]
+    lib.lookup_patterns_f32.argtypes = [p, i64, p, p] + [i64] * 4 + [i32]
+    lib.lookup_gather_f32.argtypes = [p, p, p] + [i64] * 5 + [i32]
+    lib.lookup_scatter_f32.argtypes = [p, p, p] + [i64] * 5 + [i32]
+    lib.lookup_weight_grad_f32.argtypes = [p, p, p] + [i64] * 4 + [i32]
     return lib
 
 

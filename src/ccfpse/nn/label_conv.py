@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ccfpse import native
 from ccfpse.winograd import conv3x3
 
 _CODE_LIMIT = 2**62
@@ -42,6 +43,7 @@ class LabelMap:
         if semantics is None and (index is None or extra is None):
             raise ValueError("LabelMap needs the dense map, or the class indices and the extra channels")
         self._patterns: dict[int, tuple[Tensor, Tensor]] = {}
+        self._lookup_indices: dict[int, tuple[Tensor, Tensor]] = {}
         self._resized: dict[tuple[int, int], LabelMap] = {}
 
     @classmethod
@@ -120,6 +122,15 @@ class LabelMap:
             self._patterns[k] = _patterns(self.index, self.num_classes, k)
         return self._patterns[k]
 
+    def lookup_indices(self, k: int) -> tuple[Tensor, Tensor]:
+        """The same as ``patterns`` for the compiled look-ups, as int32: (U, k*k) the class under
+        each tap of each neighbourhood (``num_classes`` outside the image), and (N, H*W) ``inverse``."""
+        if k not in self._lookup_indices:
+            bags, inverse = self.patterns(k)
+            offsets = torch.arange(k * k, device=bags.device) * (self.num_classes + 1)
+            self._lookup_indices[k] = ((bags - offsets).int().contiguous(), inverse.int().contiguous())
+        return self._lookup_indices[k]
+
 
 def as_label_map(semantics: Tensor | LabelMap, num_classes: int) -> LabelMap:
     return semantics if isinstance(semantics, LabelMap) else LabelMap(semantics, num_classes)
@@ -156,39 +167,74 @@ def _patterns(index: Tensor, num_classes: int, k: int) -> tuple[Tensor, Tensor]:
     return bags, inverse.view(n, h * w)
 
 
+def _lookup_lib(weight: Tensor):
+    """The compiled look-ups for float32 weights on the CPU, else None (the PyTorch path)."""
+    return native.lib() if weight.device.type == "cpu" and weight.dtype == torch.float32 else None
+
+
 class _LookupConv(torch.autograd.Function):
-    """Output rows of a one-hot convolution: ``inverse`` (N, rows * W) holds the pattern of each
-    of their pixels."""
+    """Output rows [a, b) of a one-hot convolution with ``weight`` (out, classes, k, k): each
+    neighbourhood pattern's output (a weighted sum of k*k weight columns), gathered per pixel.
+    The weight gradient is the reverse: per-pixel gradients summed per pattern, then added
+    into the weight columns of its taps."""
 
     @staticmethod
-    def forward(ctx, weight: Tensor, bags: Tensor, inverse: Tensor, size: tuple[int, int]) -> Tensor:
+    def forward(ctx, weight: Tensor, labels: LabelMap, rows: tuple[int, int]) -> Tensor:
         out_ch, classes, k = weight.shape[0], weight.shape[1], weight.shape[2]
+        h, w = labels.shape
+        a, b = rows
+        ctx.labels, ctx.rows, ctx.weight_shape = labels, rows, weight.shape
+        lib = _lookup_lib(weight)
+        n = labels.batch_size
+        out = weight.new_empty(n, out_ch, b - a, w)
+        if lib is not None:
+            cls, inverse = labels.lookup_indices(k)
+            if weight.stride()[1:] != (k * k, k, 1):
+                weight = weight.contiguous()
+            per_pattern = weight.new_empty(out_ch, cls.shape[0])
+            lib.lookup_patterns_f32(weight.data_ptr(), weight.stride(0), cls.data_ptr(), per_pattern.data_ptr(),
+                                    out_ch, cls.shape[0], k * k, classes, native.threads(per_pattern.numel() * k * k))
+            inv = inverse[:, a * w : b * w]
+            lib.lookup_gather_f32(per_pattern.data_ptr(), inv.data_ptr(), out.data_ptr(), n, out_ch, cls.shape[0],
+                                  inv.shape[1], inv.stride(0), native.threads(out.numel()))
+            return out
+        bags, inverse = labels.patterns(k)
         table = F.pad(weight.permute(2, 3, 1, 0), (0, 0, 0, 1)).reshape(k * k * (classes + 1), out_ch)
         per_pattern = F.embedding_bag(bags, table, mode="sum").t().contiguous()  # (out, U)
-        n = inverse.shape[0]
-        out = weight.new_empty(n, out_ch, *size)
         for i in range(n):  # written straight into NCHW order
-            torch.index_select(per_pattern, 1, inverse[i], out=out[i].view(out_ch, -1))
-        ctx.save_for_backward(bags, inverse)
-        ctx.weight_shape = weight.shape
+            torch.index_select(per_pattern, 1, inverse[i, a * w : b * w], out=out[i].view(out_ch, -1))
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        bags, inverse = ctx.saved_tensors
+        labels, (a, b) = ctx.labels, ctx.rows
         out_ch, classes, k = ctx.weight_shape[:3]
-        n, p = inverse.shape
-        grad = grad.reshape(n, out_ch, p)
+        w = labels.shape[1]
+        n, p = grad.shape[0], (b - a) * w
+        grad = grad.contiguous()
+        lib = _lookup_lib(grad)
+        if lib is not None:
+            cls, inverse = labels.lookup_indices(k)
+            inv = inverse[:, a * w : b * w]
+            per_pattern = grad.new_zeros(out_ch, cls.shape[0])
+            lib.lookup_scatter_f32(grad.data_ptr(), inv.data_ptr(), per_pattern.data_ptr(), n, out_ch,
+                                   cls.shape[0], p, inv.stride(0), native.threads(grad.numel()))
+            g_weight = grad.new_zeros(ctx.weight_shape)
+            lib.lookup_weight_grad_f32(per_pattern.data_ptr(), cls.data_ptr(), g_weight.data_ptr(), out_ch,
+                                       cls.shape[0], k * k, classes, native.threads(per_pattern.numel() * k * k))
+            return g_weight, None, None
+        bags, inverse = labels.patterns(k)
+        grad = grad.view(n, out_ch, p)
         per_pattern = grad.new_zeros(out_ch, bags.shape[0])
         for i in range(n):
-            per_pattern.scatter_add_(1, inverse[i].expand(out_ch, p), grad[i])
+            per_pattern.scatter_add_(1, inverse[i, a * w : b * w].expand(out_ch, p), grad[i])
         # Each pattern's gradient goes to the weight columns of its k*k taps: one index_add per tap.
         table = grad.new_zeros(k * k, classes + 1, out_ch)
         per_pattern = per_pattern.t()
         for tap in range(k * k):
             table[tap].index_add_(0, bags[:, tap] - tap * (classes + 1), per_pattern)
         g_weight = table.view(k, k, classes + 1, out_ch)[:, :, :classes].permute(3, 2, 0, 1)
-        return g_weight, None, None, None
+        return g_weight, None, None
 
 
 class Rows:
@@ -245,9 +291,7 @@ def label_conv(weight: Tensor, bias: Tensor | None, labels: LabelMap, feats: Ten
             lo, hi = halo((a, b), h) if weight.shape[-1] == 3 else (a, b)
             dense = Rows(torch.cat([dense.rows(lo, hi), feats.rows(lo, hi)], 1), lo, h)
         return conv_rows(dense, weight, bias, (a, b))
-    k = weight.shape[-1]
-    bags, inverse = labels.patterns(k)
-    out = _LookupConv.apply(weight[:, :s], bags, inverse[:, a * w : b * w], (b - a, w))
+    out = _LookupConv.apply(weight[:, :s], labels, (a, b))
     extra = labels.extra
     for start, part in ((s, Rows(extra) if extra.shape[1] else None), (s + extra.shape[1], feats)):
         if part is not None and part.channels:
