@@ -181,7 +181,7 @@ class _LookupConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight: Tensor, labels: LabelMap, rows: tuple[int, int]) -> Tensor:
         out_ch, classes, k = weight.shape[0], weight.shape[1], weight.shape[2]
-        h, w = labels.shape
+        w = labels.shape[1]
         a, b = rows
         ctx.labels, ctx.rows, ctx.weight_shape = labels, rows, weight.shape
         lib = _lookup_lib(weight)
