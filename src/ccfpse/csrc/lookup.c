@@ -10,29 +10,31 @@
  *   lookup_scatter      gpp[c][inv[i][j]] += gy[i][c][j]             (backward of the gather)
  *   lookup_weight_grad  gw[c][cls][tap] += gpp[c][u]                 (backward of the patterns)
  *
- * Work is split over output channels, so no two threads write the same row. A row of pp (one
- * channel, U patterns) and of w stay in L1 while a channel is done. In the scatter, pixels in a
- * row mostly repeat the previous pixel's pattern, so consecutive adds hit the same address:
- * eight channels are done side by side to overlap those dependent adds.
+ * Work is split over blocks of output channels, so no two threads write the same row; a
+ * block's rows of pp and w (U and S * kk floats a channel) stay in cache while it is done.
  */
 #include <stdint.h>
 
 #define R __restrict__
 
 /* Channels are done LOOKUP_WIDTH at a time: the taps' classes are read once for all of them, and
- * in the weight gradient the adds of consecutive patterns, which often hit the same address,
- * form that many independent chains instead of one. */
+ * in the scatter and the weight gradient the adds of consecutive pixels or patterns, which often
+ * hit the same address, form that many independent chains instead of one. */
 #define LOOKUP_WIDTH 8
+
+/* the channels c0 .. c0 + width - 1 of a block */
+static inline int64_t block_width(int64_t out, int64_t c0) {
+    return out - c0 < LOOKUP_WIDTH ? out - c0 : LOOKUP_WIDTH;
+}
 
 void lookup_patterns_f32(const float *R w, int64_t ws, const int32_t *R cls, float *R pp, int64_t out,
                          int64_t u, int64_t kk, int64_t s, int nthreads) {
-    const int64_t blocks = (out + LOOKUP_WIDTH - 1) / LOOKUP_WIDTH;
     #pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
-        const int64_t c0 = b * LOOKUP_WIDTH, width = out - c0 < LOOKUP_WIDTH ? out - c0 : LOOKUP_WIDTH;
+    for (int64_t c0 = 0; c0 < out; c0 += LOOKUP_WIDTH) {
+        const int64_t width = block_width(out, c0);
         for (int64_t q = 0; q < u; ++q) {
-            const int32_t *R t = cls + q * kk;
             float acc[LOOKUP_WIDTH] = {0.0f};
+            const int32_t *R t = cls + q * kk;
             for (int64_t tap = 0; tap < kk; ++tap) {
                 if (t[tap] >= s) continue;
                 const float *R wt = w + c0 * ws + t[tap] * kk + tap;
@@ -55,23 +57,19 @@ void lookup_gather_f32(const float *R pp, const int32_t *R inv, float *R y, int6
     }
 }
 
-#define SCATTER_WIDTH 8
-
 void lookup_scatter_f32(const float *R gy, const int32_t *R inv, float *R gpp, int64_t n, int64_t out, int64_t u,
                         int64_t p, int64_t inv_stride, int nthreads) {
-    const int64_t blocks = (out + SCATTER_WIDTH - 1) / SCATTER_WIDTH;
     #pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
-        const int64_t c0 = b * SCATTER_WIDTH;
-        const int64_t width = out - c0 < SCATTER_WIDTH ? out - c0 : SCATTER_WIDTH;
+    for (int64_t c0 = 0; c0 < out; c0 += LOOKUP_WIDTH) {
+        const int64_t width = block_width(out, c0);
         for (int64_t i = 0; i < n; ++i) {
             const int32_t *R idx = inv + i * inv_stride;
             const float *R g = gy + (i * out + c0) * p;
             float *R acc = gpp + c0 * u;
-            if (width == SCATTER_WIDTH) {
+            if (width == LOOKUP_WIDTH) { /* a fixed count the compiler unrolls */
                 for (int64_t j = 0; j < p; ++j) {
                     const int64_t q = idx[j];
-                    for (int64_t r = 0; r < SCATTER_WIDTH; ++r) acc[r * u + q] += g[r * p + j];
+                    for (int64_t r = 0; r < LOOKUP_WIDTH; ++r) acc[r * u + q] += g[r * p + j];
                 }
             } else {
                 for (int64_t j = 0; j < p; ++j) {
@@ -85,14 +83,13 @@ void lookup_scatter_f32(const float *R gy, const int32_t *R inv, float *R gpp, i
 
 void lookup_weight_grad_f32(const float *R gpp, const int32_t *R cls, float *R gw, int64_t out, int64_t u,
                             int64_t kk, int64_t s, int nthreads) {
-    const int64_t blocks = (out + LOOKUP_WIDTH - 1) / LOOKUP_WIDTH;
     #pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
-        const int64_t c0 = b * LOOKUP_WIDTH, width = out - c0 < LOOKUP_WIDTH ? out - c0 : LOOKUP_WIDTH;
+    for (int64_t c0 = 0; c0 < out; c0 += LOOKUP_WIDTH) {
+        const int64_t width = block_width(out, c0);
         for (int64_t q = 0; q < u; ++q) {
-            const int32_t *R t = cls + q * kk;
             float g[LOOKUP_WIDTH];
             for (int64_t r = 0; r < width; ++r) g[r] = gpp[(c0 + r) * u + q];
+            const int32_t *R t = cls + q * kk;
             for (int64_t tap = 0; tap < kk; ++tap) {
                 if (t[tap] >= s) continue;
                 float *R dst = gw + c0 * s * kk + t[tap] * kk + tap;
